@@ -1,0 +1,98 @@
+// The typed surface of the native addon (native/crest.c), and the one
+// loader for it. Every call is synchronous, makes one system call (or a
+// fixed, tiny sequence), and throws SyscallError on failure. No policy here.
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { CrestError, SyscallError } from './errors.js';
+
+/** Result of waitpid(2). `pid` is 0 when WNOHANG found nothing. */
+export interface WaitResult {
+  pid: number;
+  status: number;
+}
+
+/** PTRACE_GET_RSEQ_CONFIGURATION result. */
+export interface RseqConfig {
+  rseqAbiPointer: bigint;
+  rseqAbiSize: number;
+  flags: number;
+  signature: number;
+}
+
+/** The addon's exports. Addresses are JS numbers (user space is below 2^47). */
+export interface Native {
+  /** Hands the SyscallError class to the addon; called once by the loader. */
+  setErrorClass(ctor: typeof SyscallError): void;
+
+  ptraceSeize(pid: number, options: number): void;
+  ptraceInterrupt(pid: number): void;
+  ptraceDetach(pid: number, sig: number): void;
+  ptraceCont(pid: number, sig: number): void;
+  ptraceSingleStep(pid: number, sig: number): void;
+  ptraceSetOptions(pid: number, options: number): void;
+  /** user_regs_struct (27 x u64) via PTRACE_GETREGSET NT_PRSTATUS. */
+  ptraceGetRegs(pid: number): BigUint64Array;
+  ptraceSetRegs(pid: number, regs: BigUint64Array): void;
+  /** PTRACE_GETREGSET for any note type; returns exactly the bytes the kernel filled. */
+  ptraceGetRegset(pid: number, noteType: number, maxSize: number): Buffer;
+  ptraceSetRegset(pid: number, noteType: number, data: Buffer): void;
+  ptraceGetSigmask(pid: number): bigint;
+  ptraceSetSigmask(pid: number, mask: bigint): void;
+  /** PTRACE_PEEKSIGINFO: pending signals (128-byte siginfo each), shared or per-thread queue. */
+  ptracePeekSiginfo(pid: number, shared: boolean, max: number): Buffer[];
+  /** PTRACE_GETSIGINFO: the siginfo of the signal that caused the current stop. */
+  ptraceGetSiginfo(pid: number): Buffer;
+  ptraceGetEventMsg(pid: number): bigint;
+  /** null when the thread has no rseq registered (rseqAbiPointer 0). */
+  ptraceGetRseqConfig(pid: number): RseqConfig | null;
+
+  /** waitpid(2); `flags` may include WNOHANG, __WALL. EINTR is retried. */
+  waitpid(pid: number, flags: number): WaitResult;
+
+  /** process_vm_readv into buf[off, off+len); returns bytes read (may be short). */
+  processVmReadv(pid: number, addr: number, buf: Buffer, off: number, len: number): number;
+  processVmWritev(pid: number, addr: number, buf: Buffer, off: number, len: number): number;
+
+  kill(pid: number, sig: number): void;
+  tgkill(tgid: number, tid: number, sig: number): void;
+  /** kcmp(2); returns 0 equal, 1 less, 2 greater, 3 not ordered. */
+  kcmp(pid1: number, pid2: number, type: number, idx1: number, idx2: number): number;
+  getRobustList(pid: number): { head: bigint; len: number };
+  /** prlimit64(2) read-only: [soft, hard]; RLIM_INFINITY is 0xffffffffffffffffn. */
+  prlimit(pid: number, resource: number): [bigint, bigint];
+  /** capget(2) v3 for `pid`: 64-bit masks. */
+  capget(pid: number): { effective: bigint; permitted: bigint; inheritable: bigint };
+  pidfdOpen(pid: number, flags: number): number;
+  /** uname release string, e.g. "6.18.44". */
+  unameRelease(): string;
+}
+
+let cached: Native | undefined;
+
+/** Loads the compiled addon once, naming every place it looked when it is missing. */
+export function native(): Native {
+  if (cached) return cached;
+  const here = dirname(fileURLToPath(import.meta.url));
+  // dist/src/sys -> package root is three levels up; src/sys (ts-node style) two.
+  const roots = [join(here, '..', '..', '..'), join(here, '..', '..')];
+  const tried: string[] = [];
+  const require = createRequire(import.meta.url);
+  for (const root of roots) {
+    for (const sub of ['build/Release/crest_native.node', 'build/Debug/crest_native.node']) {
+      const p = join(root, sub);
+      tried.push(p);
+      if (existsSync(p)) {
+        const mod = require(p) as Native;
+        mod.setErrorClass(SyscallError);
+        cached = mod;
+        return mod;
+      }
+    }
+  }
+  throw new CrestError(
+    'NATIVE_MISSING',
+    `crest's native addon is not built; looked in:\n  ${tried.join('\n  ')}\nrun \`npm ci\` (or \`npm run build\`) in the crest package`,
+  );
+}
