@@ -67,6 +67,12 @@ export interface Native {
   pidfdOpen(pid: number, flags: number): number;
   /** uname release string, e.g. "6.18.44". */
   unameRelease(): string;
+  /** getxattr(2) on a path; null when the attribute is absent (ENODATA). */
+  getxattr(path: string, name: string): Buffer | null;
+  /** Probe: userfaultfd(UFFD_USER_MODE_ONLY|O_CLOEXEC) + UFFDIO_API; features the kernel offers. */
+  uffdProbe(): { ok: boolean; errno: number; features: bigint };
+  /** Probe: ioctl(PAGEMAP_SCAN) on /proc/self/pagemap over one page of our own memory. */
+  pagemapScanProbe(): { ok: boolean; errno: number };
 }
 
 let cached: Native | undefined;

@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "crest_native",
+      "sources": ["native/crest.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
+    }
+  ]
+}
