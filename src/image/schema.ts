@@ -235,6 +235,11 @@ export const ManifestSchema = v.strictObject({
   /** Every data file of the image with its size and checksum. */
   files: v.record(v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]+$/)), FileEntrySchema),
   processes: v.pipe(v.array(ProcessSchema), v.minLength(1)),
+  /**
+   * CRC-32 of the canonical serialisation (src/image/canonical.ts) of this
+   * manifest with `checksum` set to "00000000": a hand-edited manifest fails it.
+   */
+  checksum: crc32,
 });
 
 export type Manifest = v.InferOutput<typeof ManifestSchema>;
