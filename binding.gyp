@@ -3,7 +3,7 @@
     {
       "target_name": "crest_native",
       "sources": ["native/crest.c"],
-      "cflags": ["-O2", "-Wall", "-Wextra"]
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Werror"]
     }
   ]
 }
