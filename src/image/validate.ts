@@ -1,0 +1,157 @@
+// The checks an image's manifest must pass beyond its JSON shape, shared by
+// the reader (which refuses an image that fails them) and the writer (which
+// refuses to commit one: a crest bug must not produce an image crest refuses).
+import * as v from 'valibot';
+import { ManifestSchema, MANIFEST_NAME, type Manifest, type ProcessImage } from './schema.js';
+
+/** Page size of every image (source.pageSize is fixed to it by the schema). */
+export const PAGE_SIZE = 4096;
+/** The temp manifest of the commit protocol: its presence alone means an interrupted dump. */
+export const MANIFEST_TMP_NAME = `${MANIFEST_NAME}.tmp`;
+/** How data files are named (same rule as the schema's `files` keys). */
+const DATA_NAME = /^[A-Za-z0-9._-]+$/;
+const RESERVED = new Set(['.', '..', MANIFEST_NAME, MANIFEST_TMP_NAME]);
+
+/** True when `name` may be a data file of an image (a plain name, not the manifest's). */
+export function isDataFileName(name: string): boolean {
+  return DATA_NAME.test(name) && !RESERVED.has(name);
+}
+
+/** Kinds of mapping the kernel recreates: never stored, so they carry no runs. */
+const UNSTORED_KINDS = new Set(['vdso', 'vvar', 'vvar_vclock']);
+
+/** `a.b[3]["x y"]` from a list of keys. */
+export function formatPath(keys: readonly unknown[]): string {
+  let out = '';
+  for (const key of keys) {
+    if (typeof key === 'number') out += `[${key}]`;
+    else if (typeof key === 'string' && /^[A-Za-z_$][\w$]*$/.test(key)) out += (out ? '.' : '') + key;
+    else out += `[${JSON.stringify(String(key))}]`;
+  }
+  return out || '(top level)';
+}
+
+/** Schema validation: the typed manifest, or "path: message" lines (at most `limit`). */
+export function checkSchema(
+  value: unknown,
+  limit = 5,
+): { ok: true; manifest: Manifest } | { ok: false; problems: string[]; total: number } {
+  const result = v.safeParse(ManifestSchema, value);
+  if (result.success) return { ok: true, manifest: result.output };
+  const problems = result.issues
+    .slice(0, limit)
+    .map((issue) => `${formatPath((issue.path ?? []).map((p) => p.key))}: ${issue.message}`);
+  return { ok: false, problems, total: result.issues.length };
+}
+
+/**
+ * What is wrong with a schema-valid manifest, as "path: message" lines (at most
+ * `limit`; empty when nothing): file names, address ordering and alignment,
+ * page runs against the pages file size, unique pids, tids, fds and file ids.
+ */
+export function checkSemantics(m: Manifest, limit = 5): string[] {
+  const problems: string[] = [];
+  const add = (path: string, msg: string): boolean => {
+    problems.push(`${path}: ${msg}`);
+    return problems.length >= limit;
+  };
+  for (const name of Object.keys(m.files)) {
+    if (!isDataFileName(name)) {
+      if (add(`files[${JSON.stringify(name)}]`, 'reserved or invalid data file name')) return problems;
+    }
+  }
+  const pids = new Map<number, number>();
+  const tids = new Map<number, string>();
+  const pagesFiles = new Map<string, number>();
+  for (let pi = 0; pi < m.processes.length; pi++) {
+    const proc = m.processes[pi] as ProcessImage;
+    const pp = `processes[${pi}]`;
+    const seenPid = pids.get(proc.pid);
+    if (seenPid !== undefined) {
+      if (add(`${pp}.pid`, `pid ${proc.pid} already used by processes[${seenPid}]`)) return problems;
+    } else pids.set(proc.pid, pi);
+    for (let ti = 0; ti < proc.threads.length; ti++) {
+      const tid = proc.threads[ti]!.tid;
+      const seen = tids.get(tid);
+      if (seen !== undefined) {
+        if (add(`${pp}.threads[${ti}].tid`, `tid ${tid} already used by ${seen}`)) return problems;
+      } else tids.set(tid, `${pp}.threads[${ti}]`);
+    }
+
+    // Memory: ordered, aligned, disjoint mappings; runs inside them; pages file size.
+    let storedPages = 0;
+    let prevEnd = -1;
+    for (let vi = 0; vi < proc.vmas.length; vi++) {
+      const vma = proc.vmas[vi]!;
+      const vp = `${pp}.vmas[${vi}]`;
+      if (vma.start % PAGE_SIZE !== 0 || vma.end % PAGE_SIZE !== 0) {
+        if (add(vp, `${hexAddr(vma.start)}-${hexAddr(vma.end)} is not page-aligned (${PAGE_SIZE})`)) return problems;
+        continue;
+      }
+      if (vma.start >= vma.end) {
+        if (add(vp, `start ${hexAddr(vma.start)} is not below end ${hexAddr(vma.end)}`)) return problems;
+        continue;
+      }
+      if (vma.start < prevEnd) {
+        const why = vma.start < proc.vmas[vi - 1]!.start ? 'is not sorted by start after' : 'overlaps';
+        if (add(`${vp}.start`, `${hexAddr(vma.start)}-${hexAddr(vma.end)} ${why} vmas[${vi - 1}] (ends at ${hexAddr(prevEnd)})`)) return problems;
+      }
+      prevEnd = Math.max(prevEnd, vma.end);
+      if (vma.kind === 'file' && vma.file === undefined) {
+        if (add(`${vp}.file`, 'a file mapping must record its file')) return problems;
+      }
+      if (UNSTORED_KINDS.has(vma.kind) && vma.runs.length > 0) {
+        if (add(`${vp}.runs`, `a ${vma.kind} mapping is never stored, but has ${vma.runs.length} runs`)) return problems;
+        continue;
+      }
+      const pages = (vma.end - vma.start) / PAGE_SIZE;
+      let nextFree = 0;
+      for (let ri = 0; ri < vma.runs.length; ri++) {
+        const [first, count] = vma.runs[ri]!;
+        if (first < nextFree) {
+          if (add(`${vp}.runs[${ri}]`, `run [${first},${count}] is not ascending or overlaps the previous run (which ends at page ${nextFree})`)) return problems;
+        } else if (first + count > pages) {
+          if (add(`${vp}.runs[${ri}]`, `run [${first},${count}] goes past the mapping's ${pages} pages`)) return problems;
+        }
+        nextFree = Math.max(nextFree, first + count);
+        storedPages += count;
+      }
+    }
+    const entry = m.files[proc.pagesFile];
+    if (entry === undefined) {
+      if (add(`${pp}.pagesFile`, `"${proc.pagesFile}" is not listed in files`)) return problems;
+    } else if (entry.size !== storedPages * PAGE_SIZE) {
+      if (add(`${pp}.pagesFile`, `"${proc.pagesFile}" records ${entry.size} bytes, but the runs store ${storedPages} pages (${storedPages * PAGE_SIZE} bytes)`)) return problems;
+    }
+    const owner = pagesFiles.get(proc.pagesFile);
+    if (owner !== undefined) {
+      if (add(`${pp}.pagesFile`, `"${proc.pagesFile}" is already the pages file of processes[${owner}]`)) return problems;
+    } else pagesFiles.set(proc.pagesFile, pi);
+
+    // Files: unique description ids per process, unique fds pointing at them.
+    const ids = new Set<number>();
+    for (let fi = 0; fi < proc.files.length; fi++) {
+      const id = proc.files[fi]!.id;
+      if (ids.has(id)) {
+        if (add(`${pp}.files[${fi}].id`, `id ${id} is used twice`)) return problems;
+      }
+      ids.add(id);
+    }
+    const fds = new Set<number>();
+    for (let di = 0; di < proc.fds.length; di++) {
+      const fd = proc.fds[di]!;
+      if (fds.has(fd.fd)) {
+        if (add(`${pp}.fds[${di}].fd`, `fd ${fd.fd} appears twice`)) return problems;
+      }
+      fds.add(fd.fd);
+      if (fd.file >= proc.files.length) {
+        if (add(`${pp}.fds[${di}].file`, `index ${fd.file} is outside files (${proc.files.length} entries)`)) return problems;
+      }
+    }
+  }
+  return problems;
+}
+
+function hexAddr(n: number): string {
+  return `0x${n.toString(16)}`;
+}
