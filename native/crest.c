@@ -590,7 +590,7 @@ static napi_value process_vm(napi_env env, napi_callback_info info, const char *
   if (!arg_buffer(env, FN, argv[2], 3, "buf", &data, &buflen)) return NULL;
   INT_ARG(3, "off", 0, (int64_t)buflen, off);
   INT_ARG(4, "len", 0, (int64_t)buflen - off, len);
-  struct iovec local = {.iov_base = (char *)data + off, .iov_len = (size_t)len};
+  struct iovec local = {.iov_base = data ? (char *)data + off : NULL, .iov_len = (size_t)len};
   struct iovec remote = {.iov_base = PTR(addr), .iov_len = (size_t)len};
   ssize_t n = write ? process_vm_writev((pid_t)pid, &local, 1, &remote, 1, 0)
                     : process_vm_readv((pid_t)pid, &local, 1, &remote, 1, 0);
