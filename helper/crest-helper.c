@@ -236,6 +236,18 @@ static void forward_handler(int sig, siginfo_t *si, void *ctx)
 	errno = saved;
 }
 
+/* An inherited SIG_IGN for SIGCHLD would make the kernel reap our children
+   before waitpid() could see them. */
+static void default_sigchld(void)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = SIG_DFL;
+	if (sigaction(SIGCHLD, &sa, NULL) < 0)
+		die("sigaction");
+}
+
 static void install_forwarding(void)
 {
 	struct sigaction sa;
@@ -250,6 +262,7 @@ static void install_forwarding(void)
 		if (sigaction(sig, &sa, NULL) < 0)
 			die("sigaction");
 	}
+	default_sigchld();
 }
 
 /* For children: every disposition back to default.  0 or -1/errno. */
@@ -645,7 +658,8 @@ static _Noreturn void init_main(int go_r, int rep_w, char **argv)
 			die("fork");
 		if (job == 0)
 			exec_job(argv);
-		send_msg(rep_w, MSG_STARTED, job, 0);
+		if (send_msg(rep_w, MSG_STARTED, job, 0) < 0)
+			die("report to outer");
 	} else {
 		for (int i = 0; i < ntasks; i++) {
 			if (tasks[i].ppid != 1)
@@ -656,7 +670,8 @@ static _Noreturn void init_main(int go_r, int rep_w, char **argv)
 			}
 		}
 		job = tasks[0].pid;
-		send_msg(rep_w, MSG_READY, job, 0);
+		if (send_msg(rep_w, MSG_READY, job, 0) < 0)
+			die("report to outer");
 	}
 	/* Reap nothing until the outer has looked the PIDs up in /proc. */
 	(void)read_full(go_r, &c, 1);
@@ -767,7 +782,9 @@ static int outer_main(char **argv)
 			if (outer < 0) {
 				fprintf(stderr, "crest-helper: cannot find the job (PID %d) in /proc\n", (int)inner);
 				kill(init, SIGKILL);
-				break;
+				wait_for(init, &st);
+				ctl_line("lost %d\n", st);
+				_exit(EXIT_SETUP);
 			}
 			ctl_line("started %d %d\n", (int)init, (int)outer);
 			(void)write_all(go[1], "a", 1);
@@ -809,12 +826,14 @@ static int outer_main(char **argv)
 			job_status = m.a;
 		}
 	}
+	/* EOF: init has exited (or is exiting); stop forwarding before it is
+	   reaped so that a recycled PID can never receive our signals. */
+	forward_to = 0;
 	close(rep[0]);
 	close(go[1]);
 
 	if (wait_for(init, &st) < 0)
 		die("waitpid init");
-	forward_to = 0;
 	if (have_status) {
 		ctl_line("exit %d\n", job_status);
 		mirror_status(job_status);
@@ -865,6 +884,7 @@ static int probe_main(void)
 
 	if (block_all() < 0)
 		die("sigprocmask");
+	default_sigchld();
 	if (pipe2(go, O_CLOEXEC) < 0 || pipe2(rp, O_CLOEXEC) < 0)
 		die("pipe");
 

@@ -32,9 +32,11 @@ interface Running {
   done: Promise<Result>;
 }
 
-/** Start the helper with fd 3 as the ctl pipe (stdin a pipe too). */
-function start(args: string[]): Running {
-  const child = spawn(HELPER, args, { stdio: ['pipe', 'pipe', 'pipe', 'pipe'] });
+/** Start the helper with fd 3 as the ctl pipe (stdin a pipe too),
+ *  optionally through a wrapper command that execs it. */
+function start(args: string[], wrapper: string[] = []): Running {
+  const argv = [...wrapper, HELPER, ...args];
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   let ctl = '';
@@ -82,8 +84,8 @@ function start(args: string[]): Running {
 }
 
 /** Run the helper to completion. */
-function run(args: string[]): Promise<Result> {
-  const r = start(args);
+function run(args: string[], wrapper: string[] = []): Promise<Result> {
+  const r = start(args, wrapper);
   r.child.stdin!.end();
   return r.done;
 }
@@ -210,6 +212,20 @@ describe('crest-helper', { timeout: TIMEOUT }, () => {
       assert.ok(!existsSync(`/proc/${job}`), 'job survived its namespace');
     });
 
+    test('helper killed: the namespace goes down with it', async () => {
+      const h = start(['run', '--ctl', '3', '--', 'sleep', '60']);
+      const m = await h.waitCtl(/^started (\d+) (\d+)\n/);
+      h.child.kill('SIGKILL');
+      const r = await h.done;
+      assert.equal(r.signal, 'SIGKILL');
+      await eventually('init and job gone', () => !existsSync(`/proc/${m[1]}`) && !existsSync(`/proc/${m[2]}`));
+    });
+
+    test('an inherited SIG_IGN for SIGCHLD does not break reaping', async () => {
+      const r = await run(['run', '--', 'sh', '-c', 'exit 5'], ['/bin/bash', '-c', `trap '' CHLD; exec "$0" "$@"`]);
+      assert.equal(r.code, 5, r.stderr);
+    });
+
     test('exec failure exits 127 with a message', async () => {
       const r = await run(['run', '--', '/nonexistent/crest-cmd', 'x']);
       assert.equal(r.code, 127);
@@ -238,6 +254,10 @@ describe('crest-helper', { timeout: TIMEOUT }, () => {
         assert.equal(status(p).get('SigBlk'), '0000000000000000');
         assert.equal(status(p).get('SigCgt'), '0000000000000000');
         assert.equal(status(p).get('Uid')!.split(/\s+/)[0], String(uid));
+        // Plain forks of init: the full capability set of the new user
+        // namespace is kept (needed to clone3 with set_tid later).
+        assert.equal(status(p).get('CapEff'), status(init).get('CapEff'));
+        assert.notEqual(status(p).get('CapEff'), '0000000000000000');
       }
       process.kill(p42, 'SIGKILL');
       const r = await h.done;
