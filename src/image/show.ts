@@ -1,0 +1,255 @@
+// What `crest show` prints, as pure functions over a manifest the reader
+// accepted: a readable description and a JSON-able summary. No printing here.
+import type { Manifest, OpenFileImage, ProcessImage, VmaImage } from './schema.js';
+import { PAGE_SIZE } from './validate.js';
+
+/** Per-process part of ImageSummary. */
+export interface ProcessSummary {
+  pid: number;
+  ppid: number;
+  comm: string;
+  exe: string;
+  cwd: string;
+  threads: number;
+  tids: number[];
+  vmas: number;
+  storedPages: number;
+  storedBytes: number;
+  fds: number;
+  sigactions: number;
+  pagesFile: string;
+}
+
+/** What `crest show --json` prints: identity, sizes and counts of an image. */
+export interface ImageSummary {
+  formatVersion: number;
+  crestVersion: string;
+  createdAt: string;
+  source: { kernel: string; arch: string; hostname: string };
+  job: { name: string | null; pidMode: string };
+  processCount: number;
+  threadCount: number;
+  storedPages: number;
+  /** Sum of all data files' sizes. */
+  totalBytes: number;
+  files: { name: string; size: number; crc32: string }[];
+  processes: ProcessSummary[];
+}
+
+function storedPagesOf(vma: VmaImage): number {
+  let n = 0;
+  for (const [, count] of vma.runs) n += count;
+  return n;
+}
+
+function storedPages(proc: ProcessImage): number {
+  let n = 0;
+  for (const vma of proc.vmas) n += storedPagesOf(vma);
+  return n;
+}
+
+/** Counts and sizes of an image, JSON-able (numbers and strings only). */
+export function summarizeImage(m: Manifest): ImageSummary {
+  const processes = m.processes.map((p): ProcessSummary => {
+    const pages = storedPages(p);
+    return {
+      pid: p.pid,
+      ppid: p.ppid,
+      comm: p.comm,
+      exe: p.exe.path,
+      cwd: p.cwd,
+      threads: p.threads.length,
+      tids: p.threads.map((t) => t.tid),
+      vmas: p.vmas.length,
+      storedPages: pages,
+      storedBytes: pages * PAGE_SIZE,
+      fds: p.fds.length,
+      sigactions: p.sigactions.length,
+      pagesFile: p.pagesFile,
+    };
+  });
+  const files = Object.keys(m.files)
+    .sort()
+    .map((name) => ({ name, size: m.files[name]!.size, crc32: m.files[name]!.crc32 }));
+  return {
+    formatVersion: m.formatVersion,
+    crestVersion: m.crestVersion,
+    createdAt: m.createdAt,
+    source: { kernel: m.source.kernel, arch: m.source.arch, hostname: m.source.hostname },
+    job: { name: m.job.name, pidMode: m.job.pidMode },
+    processCount: processes.length,
+    threadCount: processes.reduce((n, p) => n + p.threads, 0),
+    storedPages: processes.reduce((n, p) => n + p.storedPages, 0),
+    totalBytes: files.reduce((n, f) => n + f.size, 0),
+    files,
+    processes,
+  };
+}
+
+/** "24 KiB", "1.5 MiB": for people; exact byte counts are printed beside it. */
+export function humanBytes(n: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} bytes` : `${v >= 10 || Number.isInteger(v) ? Math.round(v) : v.toFixed(1)} ${units[u]}`;
+}
+
+const SIGNAL_NAMES = [
+  '', 'SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGILL', 'SIGTRAP', 'SIGABRT', 'SIGBUS', 'SIGFPE', 'SIGKILL',
+  'SIGUSR1', 'SIGSEGV', 'SIGUSR2', 'SIGPIPE', 'SIGALRM', 'SIGTERM', 'SIGSTKFLT', 'SIGCHLD', 'SIGCONT',
+  'SIGSTOP', 'SIGTSTP', 'SIGTTIN', 'SIGTTOU', 'SIGURG', 'SIGXCPU', 'SIGXFSZ', 'SIGVTALRM', 'SIGPROF',
+  'SIGWINCH', 'SIGIO', 'SIGPWR', 'SIGSYS',
+];
+
+/** x86-64 signal name; real-time signals as SIGRTMIN+n counted from the kernel's 32. */
+export function signalName(sig: number): string {
+  return SIGNAL_NAMES[sig] || (sig >= 32 && sig <= 64 ? `SIGRTMIN+${sig - 32}` : `SIG${sig}`);
+}
+
+/** The signals set in a 64-bit mask (bit n-1 is signal n). */
+function maskSignals(mask: string): string {
+  const bits = BigInt(mask);
+  if (bits === 0n) return 'none';
+  const names: string[] = [];
+  for (let sig = 1; sig <= 64; sig++) if ((bits >> BigInt(sig - 1)) & 1n) names.push(signalName(sig));
+  return names.join(' ');
+}
+
+const SA_FLAGS: [bigint, string][] = [
+  [0x1n, 'SA_NOCLDSTOP'], [0x2n, 'SA_NOCLDWAIT'], [0x4n, 'SA_SIGINFO'], [0x04000000n, 'SA_RESTORER'],
+  [0x08000000n, 'SA_ONSTACK'], [0x10000000n, 'SA_RESTART'], [0x40000000n, 'SA_NODEFER'], [0x80000000n, 'SA_RESETHAND'],
+];
+
+function bitNames(value: bigint, table: [bigint, string][]): string {
+  const names: string[] = [];
+  let rest = value;
+  for (const [bit, name] of table) {
+    if ((value & bit) === bit) {
+      names.push(name);
+      rest &= ~bit;
+    }
+  }
+  if (rest !== 0n) names.push(`0x${rest.toString(16)}`);
+  return names.length ? names.join('|') : '0';
+}
+
+// x86-64 open(2) status flags, as octal constants from <asm-generic/fcntl.h>.
+const O_FLAGS: [bigint, string][] = [
+  [0o4010000n, 'O_SYNC'], [0o100n, 'O_CREAT'], [0o200n, 'O_EXCL'], [0o400n, 'O_NOCTTY'], [0o1000n, 'O_TRUNC'],
+  [0o2000n, 'O_APPEND'], [0o4000n, 'O_NONBLOCK'], [0o10000n, 'O_DSYNC'], [0o20000n, 'O_ASYNC'],
+  [0o40000n, 'O_DIRECT'], [0o100000n, 'O_LARGEFILE'], [0o200000n, 'O_DIRECTORY'], [0o400000n, 'O_NOFOLLOW'],
+  [0o1000000n, 'O_NOATIME'], [0o10000000n, 'O_PATH'],
+];
+
+/** "O_WRONLY|O_APPEND" from open status flags. */
+export function openFlags(flags: number): string {
+  const mode = ['O_RDONLY', 'O_WRONLY', 'O_RDWR', 'O_ACCMODE'][flags & 3]!;
+  const rest = bitNames(BigInt(flags) & ~3n, O_FLAGS);
+  return rest === '0' ? mode : `${mode}|${rest}`;
+}
+
+function hexAddr(n: number): string {
+  return n.toString(16).padStart(12, '0');
+}
+
+function describeFile(f: OpenFileImage | undefined): string {
+  if (f === undefined) return '(missing)';
+  switch (f.kind) {
+    case 'file':
+      return `file ${f.file.path}  ${openFlags(f.flags)}  pos ${f.pos}`;
+    case 'chardev':
+      return `chardev ${f.path}  ${openFlags(f.flags)}  pos ${f.pos}`;
+    case 'stdio':
+      return `stdio: restored as crest's ${['stdin', 'stdout', 'stderr'][f.stream]} (was ${f.was})`;
+  }
+}
+
+function vmaName(vma: VmaImage): string {
+  if (vma.file) return vma.pgoff ? `${vma.file.path} @0x${vma.pgoff.toString(16)}` : vma.file.path;
+  return vma.label ?? '';
+}
+
+/** Pads each column to its widest cell; the last column is left ragged. */
+function table(rows: string[][], rightAligned: ReadonlySet<number>, indent: string): string[] {
+  const widths: number[] = [];
+  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)));
+  return rows.map(
+    (row) =>
+      indent +
+      row
+        .map((cell, i) =>
+          i === row.length - 1 ? cell : rightAligned.has(i) ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!),
+        )
+        .join('  ')
+        .trimEnd(),
+  );
+}
+
+function describeProcess(p: ProcessImage): string[] {
+  const lines: string[] = [];
+  const pages = storedPages(p);
+  lines.push(`process ${p.pid} (${p.comm})  ppid ${p.ppid}  pgid ${p.pgid}  sid ${p.sid}`);
+  lines.push(`  exe   ${p.exe.path}`);
+  lines.push(`  cwd   ${p.cwd}`);
+  lines.push(`  creds uid ${p.creds.uid.join('/')}  gid ${p.creds.gid.join('/')}  umask ${p.umask.toString(8).padStart(4, '0')}`);
+  lines.push(`  threads (${p.threads.length}):`);
+  lines.push(...table(p.threads.map((t) => [`tid ${t.tid}`, `rip ${t.regs.rip}`, `rsp ${t.regs.rsp}`, `blocked ${maskSignals(t.sigmask)}`]), new Set(), '    '));
+  lines.push(`  memory: ${p.vmas.length} mappings, ${pages} stored pages (${pages * PAGE_SIZE} bytes, ${humanBytes(pages * PAGE_SIZE)})`);
+  const rows = [['start-end', 'prot', 'kind', 'pages', 'stored', 'mapping']];
+  for (const vma of p.vmas) {
+    rows.push([
+      `${hexAddr(vma.start)}-${hexAddr(vma.end)}`,
+      vma.prot + (vma.shared ? 's' : 'p'),
+      vma.kind,
+      String((vma.end - vma.start) / PAGE_SIZE),
+      String(storedPagesOf(vma)),
+      vmaName(vma),
+    ]);
+  }
+  lines.push(...table(rows, new Set([3, 4]), '    '));
+  lines.push(`  files (${p.fds.length} fds):`);
+  lines.push(
+    ...table(
+      [...p.fds].sort((a, b) => a.fd - b.fd).map((fd) => [String(fd.fd), '->', describeFile(p.files[fd.file]) + (fd.cloexec ? '  cloexec' : '')]),
+      new Set([0]),
+      '    ',
+    ),
+  );
+  lines.push(`  signals:`);
+  if (p.sigactions.length === 0) lines.push('    handlers: all default');
+  for (const sa of p.sigactions) {
+    const h = BigInt(sa.handler);
+    const what = h === 0n ? 'default' : h === 1n ? 'ignored' : `handler ${sa.handler}`;
+    lines.push(`    ${signalName(sa.sig)}: ${what}  flags ${bitNames(BigInt(sa.flags), SA_FLAGS)}  mask ${maskSignals(sa.mask)}`);
+  }
+  for (const t of p.threads) lines.push(`    blocked in tid ${t.tid}: ${maskSignals(t.sigmask)}${t.pending.length ? `, ${t.pending.length} pending` : ''}`);
+  if (p.sharedPending.length) lines.push(`    ${p.sharedPending.length} pending for the process`);
+  lines.push(`  pages file: ${p.pagesFile}`);
+  return lines;
+}
+
+/** The text of `crest show -D DIR`: the image's identity, each process, and its data files. */
+export function describeImage(m: Manifest, dir: string): string {
+  const s = summarizeImage(m);
+  const lines: string[] = [];
+  lines.push(`checkpoint image ${dir}`);
+  lines.push(`  format version ${m.formatVersion}, written by crest ${m.crestVersion} at ${m.createdAt}`);
+  lines.push(`  source: host ${m.source.hostname}, kernel ${m.source.kernel}, ${m.source.arch}, page size ${m.source.pageSize}`);
+  lines.push(`  job: ${m.job.name ?? '(unnamed)'}, PID mode ${m.job.pidMode} (uid ${m.job.uid}, gid ${m.job.gid})`);
+  lines.push(
+    `  ${s.processCount} process${s.processCount === 1 ? '' : 'es'}, ${s.threadCount} thread${s.threadCount === 1 ? '' : 's'}, ` +
+      `${s.storedPages} stored pages, ${s.files.length} data file${s.files.length === 1 ? '' : 's'} (${humanBytes(s.totalBytes)})`,
+  );
+  for (const p of m.processes) {
+    lines.push('');
+    lines.push(...describeProcess(p));
+  }
+  lines.push('');
+  lines.push('data files:');
+  lines.push(...table(s.files.map((f) => [f.name, `${f.size} bytes`, humanBytes(f.size), `crc32 ${f.crc32}`]), new Set([1, 2]), '  '));
+  return lines.join('\n') + '\n';
+}
