@@ -9,7 +9,7 @@ import { crc32 } from 'node:zlib';
 import { CrestError } from '../sys/errors.js';
 import { CanonicalError, crc32Hex, manifestChecksum } from './canonical.js';
 import { FORMAT_VERSION, IMAGE_MAGIC, MANIFEST_NAME, type Manifest, type ProcessImage, type VmaImage } from './schema.js';
-import { checkSchema, checkSemantics, isDataFileName, MANIFEST_TMP_NAME, PAGE_SIZE } from './validate.js';
+import { checkSchema, checkSemantics, isLeftoverName, PAGE_SIZE } from './validate.js';
 
 /** The largest manifest the reader will read (checked before reading it). */
 export const MAX_MANIFEST_SIZE = 256 * 1024 * 1024;
@@ -83,7 +83,7 @@ export function readImage(dir: string, opts: ReadImageOptions = {}): Manifest {
     } catch (e2) {
       readError(e2, dir);
     }
-    const leftovers = entries.filter((n) => n === MANIFEST_TMP_NAME || (n.endsWith('.img') && isDataFileName(n)));
+    const leftovers = entries.filter(isLeftoverName);
     if (leftovers.length > 0) {
       fail(
         'IMAGE_INCOMPLETE',

@@ -17,6 +17,11 @@ export function isDataFileName(name: string): boolean {
   return DATA_NAME.test(name) && !RESERVED.has(name);
 }
 
+/** Names an interrupted dump leaves behind (data files end in .img; the temp manifest). */
+export function isLeftoverName(name: string): boolean {
+  return name === MANIFEST_TMP_NAME || (name.endsWith('.img') && isDataFileName(name));
+}
+
 /** Kinds of mapping the kernel recreates: never stored, so they carry no runs. */
 const UNSTORED_KINDS = new Set(['vdso', 'vvar', 'vvar_vclock']);
 

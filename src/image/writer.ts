@@ -9,7 +9,7 @@ import { crc32 } from 'node:zlib';
 import { CrestError } from '../sys/errors.js';
 import { canonicalJson, crc32Hex, manifestChecksum, CHECKSUM_PLACEHOLDER } from './canonical.js';
 import { MANIFEST_NAME, type Manifest } from './schema.js';
-import { checkSchema, checkSemantics, isDataFileName, MANIFEST_TMP_NAME } from './validate.js';
+import { checkSchema, checkSemantics, isDataFileName, isLeftoverName, MANIFEST_TMP_NAME } from './validate.js';
 
 /** What commit() is given: everything but what the writer computes itself. */
 export type ManifestDraft = Omit<Manifest, 'files' | 'checksum'>;
@@ -17,11 +17,6 @@ export type ManifestDraft = Omit<Manifest, 'files' | 'checksum'>;
 /** Images hold process memory (keys, passwords): owner-only, whatever the umask. */
 const FILE_MODE = 0o600;
 const DIR_MODE = 0o700;
-
-/** Names that an interrupted dump leaves behind, and nothing else crest writes. */
-function isLeftover(name: string): boolean {
-  return name === MANIFEST_TMP_NAME || (name.endsWith('.img') && isDataFileName(name));
-}
 
 /**
  * Maps a failed file system call of the writer to IMAGE_WRITE: names the
@@ -220,7 +215,7 @@ export class ImageWriter {
       for (const name of oldFiles) removeIfFile(path.join(dir, name));
       removeIfFile(path.join(dir, MANIFEST_TMP_NAME));
     } else {
-      const unrelated = entries.filter((e) => !isLeftover(e));
+      const unrelated = entries.filter((e) => !isLeftoverName(e));
       if (unrelated.length > 0 && !opts.force) {
         const shown = unrelated.slice(0, 3).map((e) => `"${e}"`).join(', ') + (unrelated.length > 3 ? ', ...' : '');
         throw new CrestError(
