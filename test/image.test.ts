@@ -300,6 +300,7 @@ test('a non-empty unrelated directory is refused; leftovers of an aborted dump a
   const file = path.join(tmpDir(), 'plain');
   fs.writeFileSync(file, '');
   rejects(() => ImageWriter.create(file, { force: true }), 'IMAGE_DIR_INVALID');
+  rejects(() => ImageWriter.create(path.join(file, 'sub'), { force: true }), 'IMAGE_DIR_INVALID');
   rejects(() => readImage(file), 'IMAGE_DIR_INVALID');
 });
 

@@ -178,7 +178,11 @@ export class ImageWriter {
     try {
       st = fs.statSync(dir);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw imageWriteError(e, dir, 'inspect');
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOTDIR') {
+        throw new CrestError('IMAGE_DIR_INVALID', `${dir}: a component of the path is not a directory; choose a directory for the image`, { cause: e });
+      }
+      if (code !== 'ENOENT') throw imageWriteError(e, dir, 'inspect');
     }
     if (st === undefined) {
       try {
