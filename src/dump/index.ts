@@ -1,0 +1,303 @@
+// Dump: the only place that knows the order of a checkpoint.
+//   resolve -> refuse what cannot be captured (process still running) ->
+//   freeze -> injection window (short: scratch page, injected reads, then
+//   registers and mask put back) -> collect -> pages -> manifest (last) ->
+//   finish: kill, or resume. Any failure after the freeze resumes the process
+//   exactly as it was and removes what was written.
+import { existsSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { native } from '../sys/native.js';
+import { CrestError, isErrno } from '../sys/errors.js';
+import { MAP, PROT, SIG, SYS } from '../sys/constants.js';
+import { readChildren, readMaps, readStat, readStatus, type ProcStatus } from '../proc/index.js';
+import { Thread, findSyscallInsn } from '../tracer/tracer.js';
+import { ImageWriter } from '../image/writer.js';
+import { FORMAT_VERSION, IMAGE_MAGIC, type ProcessImage, type ThreadImage } from '../image/schema.js';
+import { KINDS } from '../kinds/registry.js';
+import { ScratchAllocator, unsupported, type DumpContext } from '../kinds/types.js';
+import { jobOfPid, loadJob, saveJob, type JobRecord } from '../jobs/registry.js';
+import { vdsoSizes } from '../kinds/memory.js';
+import { CREST_VERSION } from '../version.js';
+import { StageRunner } from '../stages.js';
+
+export interface DumpOptions {
+  /** A host PID of the job (any of its processes, or its init). */
+  pid?: number;
+  /** The job's name (crest run --name). */
+  job?: string;
+  /** Image directory. */
+  dir: string;
+  /** Keep the process running after the checkpoint (default: stop the job). */
+  leaveRunning?: boolean;
+  /** Overwrite an existing image in dir. */
+  force?: boolean;
+  /** Called after each stage with its name and duration. */
+  onStage?: (name: string, ms: number) => void;
+}
+
+export interface DumpResult {
+  dir: string;
+  jobName: string | null;
+  /** Host PID of the dumped process and its PID inside the job. */
+  pid: number;
+  nsPid: number;
+  pagesBytes: number;
+  durationMs: number;
+  stages: { name: string; ms: number }[];
+  warnings: string[];
+  stopped: boolean;
+}
+
+interface Target {
+  pid: number;
+  initPid: number;
+  record: JobRecord | null;
+}
+
+const SCRATCH_SIZE = 16384;
+
+function processExists(pid: number): boolean {
+  return existsSync(`/proc/${pid}`);
+}
+
+/** Finds the process to dump and its job, refusing what is not ours or not a crest job. */
+function resolveTarget(opts: DumpOptions): Target {
+  let pid = opts.pid;
+  let record: JobRecord | null = null;
+  if (opts.job !== undefined) {
+    record = loadJob(opts.job);
+    if (!record) throw new CrestError('NO_SUCH_JOB', `no running job named ${JSON.stringify(opts.job)} (crest run --name ${opts.job} starts one)`);
+    const kids = readChildren(record.initPid);
+    if (kids.length === 0) throw new CrestError('NO_SUCH_JOB', `job ${opts.job} has no process left to checkpoint`);
+    pid = kids[0]!;
+  }
+  if (pid === undefined) throw new CrestError('USAGE', 'name the process: --pid PID or --job NAME');
+  if (!Number.isInteger(pid) || pid <= 0 || !processExists(pid)) {
+    throw new CrestError('NO_SUCH_PROCESS', `no process with pid ${pid}`);
+  }
+  let status: ProcStatus;
+  try {
+    status = readStatus(pid);
+  } catch {
+    throw new CrestError('NO_SUCH_PROCESS', `no process with pid ${pid}`);
+  }
+  const uid = process.getuid!();
+  if (uid !== 0 && status.uid.some((u) => u !== uid)) {
+    throw new CrestError('NOT_YOURS', `pid ${pid} (${status.name}) belongs to uid ${status.uid[0]}; you (uid ${uid}) can only checkpoint your own processes`);
+  }
+  const job = jobOfPid(pid);
+  if (!job) {
+    throw new CrestError(
+      'NOT_A_JOB',
+      `pid ${pid} (${status.name}) was not started by crest run; without a PID mode for processes outside a job (coming in a later release) it could not get its PID back. Start it as \`crest run -- CMD\``,
+    );
+  }
+  if (pid === job.initPid) {
+    if (job.members.length === 0) throw new CrestError('NO_SUCH_PROCESS', `job of pid ${pid} has no process left`);
+    pid = job.members[0]!;
+  }
+  if (job.members.length > 1) {
+    throw unsupported(pid, 'process tree', `the job has ${job.members.length} processes; trees are not supported yet`);
+  }
+  return { pid, initPid: job.initPid, record: record ?? job.record };
+}
+
+/** Refusals that need only /proc (the process keeps running untouched). */
+function refuseUnsupported(pid: number, initPid: number): void {
+  const status = readStatus(pid);
+  const stat = readStat(pid);
+  if (status.threads > 1) {
+    throw unsupported(pid, 'threads', `it has ${status.threads} threads; multi-threaded processes are not supported yet`);
+  }
+  const kids = readChildren(pid);
+  if (kids.length > 0) {
+    throw unsupported(pid, 'children', `it has child processes (${kids.join(', ')}); process trees are not supported yet`);
+  }
+  if (status.tracerPid !== 0) {
+    throw unsupported(pid, 'tracer', `it is already traced by pid ${status.tracerPid}`);
+  }
+  if (status.state === 'T' || status.state === 't') {
+    throw unsupported(pid, 'state', 'it is stopped; resume it (kill -CONT) first');
+  }
+  if (status.state === 'Z' || status.state === 'X') throw new CrestError('NO_SUCH_PROCESS', `pid ${pid} has exited`);
+  const nsPid = status.nspid[status.nspid.length - 1]!;
+  for (const k of KINDS) k.check?.({ hostPid: pid, nsPid, status, stat, initHostPid: initPid });
+}
+
+/** Checkpoints one process of a crest job into opts.dir. */
+export function dump(opts: DumpOptions): DumpResult {
+  const runner = new StageRunner(opts.onStage);
+  const target = runner.run('resolve', () => resolveTarget(opts));
+  const pid = target.pid;
+  runner.run('check', () => refuseUnsupported(pid, target.initPid));
+  const writer = runner.run('open-image', () => ImageWriter.create(opts.dir, { force: !!opts.force }));
+  let thread: Thread | null = null;
+  let committed = false;
+  const warnings: string[] = [];
+  try {
+    thread = runner.run('freeze', () => freeze(pid));
+    const t = thread;
+    const status = readStatus(pid);
+    const stat = readStat(pid);
+    const nsPid = status.nspid[status.nspid.length - 1]!;
+    const ctx: DumpContext = {
+      hostPid: pid,
+      nsPid,
+      initHostPid: target.initPid,
+      status,
+      stat,
+      thread: t,
+      scratch: 0,
+      scratchSize: SCRATCH_SIZE,
+      mem: null as unknown as ScratchAllocator,
+      proc: { pid: nsPid, ppid: status.ppid === target.initPid ? 1 : 0, pgid: 0, sid: 0 },
+      thr: { tid: nsPid },
+      writer,
+      warnings,
+    };
+    runner.run('inject', () => injectionWindow(ctx));
+    runner.run('collect', () => {
+      for (const k of KINDS) if (k.name !== 'memory') k.dump?.(ctx);
+    });
+    runner.run('memory', () => KINDS.find((k) => k.name === 'memory')!.dump!(ctx));
+    const proc = finishProcess(ctx);
+    const manifest = runner.run('manifest', () =>
+      writer.commit({
+        magic: IMAGE_MAGIC,
+        formatVersion: FORMAT_VERSION,
+        crestVersion: CREST_VERSION,
+        createdAt: new Date().toISOString(),
+        source: {
+          kernel: native().unameRelease(),
+          arch: 'x86_64',
+          pageSize: 4096,
+          hostname: hostname(),
+          vdso: [...vdsoSizes(pid)].map(([kind, size]) => ({ kind: kind as 'vdso' | 'vvar' | 'vvar_vclock', size })),
+        },
+        job: { name: target.record?.name ?? null, pidMode: 'userns', uid: process.getuid!(), gid: process.getgid!() },
+        processes: [proc],
+      }),
+    );
+    committed = true;
+    const stopped = !opts.leaveRunning;
+    runner.run('finish', () => {
+      if (stopped) {
+        if (target.record) {
+          saveJob({ ...target.record, checkpointed: { dir: opts.dir, at: new Date().toISOString() } });
+        }
+        // The whole job goes: the process, then its init (which takes the namespace with it).
+        native().kill(pid, SIG.SIGKILL);
+        native().kill(target.initPid, SIG.SIGKILL);
+        t.markDetached();
+      } else {
+        t.restoreOriginal();
+        t.detach();
+        requeueCaught(t);
+      }
+    });
+    return {
+      dir: opts.dir,
+      jobName: target.record?.name ?? null,
+      pid,
+      nsPid,
+      pagesBytes: Object.values(manifest.files).reduce((a, f) => a + f.size, 0),
+      durationMs: runner.totalMs(),
+      stages: runner.stages,
+      warnings,
+      stopped,
+    };
+  } catch (e) {
+    // Never leave a half image that looks complete, and never leave the process stopped or changed.
+    if (!committed) writer.abort();
+    if (thread) thread.release();
+    if (!processExists(pid)) {
+      throw new CrestError('PROCESS_VANISHED', `pid ${pid} exited during the checkpoint; no image was written`, { cause: e });
+    }
+    throw e;
+  }
+}
+
+function freeze(pid: number): Thread {
+  let t: Thread;
+  try {
+    t = Thread.seize(pid);
+  } catch (e) {
+    if (isErrno(e, 'ESRCH')) throw new CrestError('NO_SUCH_PROCESS', `pid ${pid} exited before it could be frozen`, { cause: e });
+    if (isErrno(e, 'EPERM')) {
+      throw new CrestError('PTRACE_DENIED', `the kernel refused to trace pid ${pid} (EPERM): it may be privileged, non-dumpable or already traced`, { cause: e });
+    }
+    throw e;
+  }
+  try {
+    // Re-check what could have changed between the first look and the freeze.
+    const st = readStatus(pid);
+    if (st.threads > 1) throw unsupported(pid, 'threads', `it has ${st.threads} threads; multi-threaded processes are not supported yet`);
+    if (readChildren(pid).length > 0) throw unsupported(pid, 'children', 'it started a child process; process trees are not supported yet');
+  } catch (e) {
+    t.release();
+    throw e;
+  }
+  return t;
+}
+
+/**
+ * The injection window: borrow the task's registers to run system calls
+ * that read state only the task itself can report (signal actions, brk,
+ * timers ...). A `syscall` instruction in the vDSO serves as the site; a
+ * scratch page holds the results. Everything is put back before the long
+ * memory copy starts, so crest dying later leaves the task intact.
+ */
+function injectionWindow(ctx: DumpContext): void {
+  const t = ctx.thread;
+  const vdso = readMaps(ctx.hostPid).find((e) => e.path === '[vdso]');
+  if (!vdso) throw new CrestError('NO_VDSO', `pid ${ctx.hostPid} has no vDSO to run injected calls from`);
+  const code = t.readMem(vdso.start, vdso.end - vdso.start);
+  const at = findSyscallInsn(code);
+  if (at < 0) throw new CrestError('NO_VDSO', 'no syscall instruction in the vDSO');
+  t.setSyscallSite(vdso.start + at);
+  const scratch = Number(
+    t.syscall('mmap', 'map a scratch area', SYS.mmap, 0, SCRATCH_SIZE, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0),
+  );
+  ctx.scratch = scratch;
+  ctx.mem = new ScratchAllocator(t, scratch, SCRATCH_SIZE);
+  try {
+    for (const k of KINDS) {
+      ctx.mem.reset();
+      k.dumpInjected?.(ctx);
+    }
+  } finally {
+    t.syscallRaw(SYS.munmap, scratch, SCRATCH_SIZE);
+    ctx.scratch = 0;
+    t.restoreOriginal();
+  }
+}
+
+function finishProcess(ctx: DumpContext): ProcessImage {
+  const s = ctx.stat;
+  ctx.proc.pgid = s.pgrp > 0 ? nsOf(ctx, s.pgrp) : 0;
+  ctx.proc.sid = s.session > 0 ? nsOf(ctx, s.session) : 0;
+  const thr = ctx.thr as ThreadImage;
+  return { ...(ctx.proc as ProcessImage), threads: [thr] };
+}
+
+/** Translates a host pgid/sid to the job's namespace (0 when it lies outside the job). */
+function nsOf(ctx: DumpContext, hostId: number): number {
+  try {
+    const st = readStatus(hostId);
+    if (st.nspid.length === ctx.status.nspid.length) return st.nspid[st.nspid.length - 1]!;
+  } catch {
+    /* outside or gone */
+  }
+  return 0;
+}
+
+/** Signals we took out of the way while freezing go back to the running process. */
+function requeueCaught(t: Thread): void {
+  for (const si of t.caughtSignals) {
+    try {
+      native().tgkill(t.tid, t.tid, si.readInt32LE(0));
+    } catch {
+      /* gone */
+    }
+  }
+}

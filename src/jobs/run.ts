@@ -1,0 +1,68 @@
+// `crest run`: start a command as a restorable job - in its own user, pid and
+// mount namespace owned by the invoking user - and supervise it until it
+// ends or is checkpointed.
+import { CrestError } from '../sys/errors.js';
+import { readStat } from '../proc/index.js';
+import { Helper, forwardSignals, type HelperExit } from './supervise.js';
+import { checkJobName, freeJobName, loadJob, removeJob, saveJob } from './registry.js';
+
+/** `crest run` exits with this status when its job was checkpointed and stopped: "requeue me". */
+export const EXIT_CHECKPOINTED = 75;
+
+export interface RunOptions {
+  command: string[];
+  name?: string;
+  /** Called once the job has started, with its name and host PIDs. */
+  onStart?: (info: { name: string; initPid: number; pid: number }) => void;
+}
+
+export interface RunResult {
+  name: string;
+  exit: HelperExit;
+  /** Set when the job ended because `crest dump` checkpointed it. */
+  checkpointedTo: string | null;
+}
+
+/** Runs the job to its end. */
+export async function run(opts: RunOptions): Promise<RunResult> {
+  if (opts.command.length === 0) throw new CrestError('USAGE', 'crest run needs a command: crest run [--name N] -- CMD [ARGS...]');
+  let name: string;
+  if (opts.name !== undefined) {
+    checkJobName(opts.name);
+    if (loadJob(opts.name)) throw new CrestError('JOB_EXISTS', `a job named ${opts.name} is already running`);
+    name = opts.name;
+  } else {
+    name = freeJobName(defaultName(opts.command[0]!));
+  }
+  const helper = new Helper('run', ['--', ...opts.command]);
+  const unforward = forwardSignals(helper);
+  try {
+    const line = await helper.nextLine();
+    if (line !== null && line.startsWith('started ')) {
+      const [, init, job] = line.split(' ');
+      const initPid = Number(init);
+      saveJob({
+        name,
+        supervisorPid: process.pid,
+        helperPid: helper.child.pid ?? 0,
+        initPid,
+        initStart: readStat(initPid).starttime,
+        createdAt: new Date().toISOString(),
+      });
+      opts.onStart?.({ name, initPid, pid: Number(job) });
+    }
+    const exit = await helper.exited;
+    const rec = loadJob(name, { includeEnded: true });
+    const checkpointedTo = rec?.checkpointed?.dir ?? null;
+    removeJob(name);
+    return { name, exit, checkpointedTo };
+  } finally {
+    unforward();
+  }
+}
+
+function defaultName(cmd: string): string {
+  const base = cmd.split('/').pop() ?? 'job';
+  const clean = base.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^[._-]+/, '');
+  return (clean || 'job').slice(0, 48);
+}

@@ -1,0 +1,329 @@
+// Memory: every mapping with its address, protection, backing and flags, and
+// the contents of the pages that cannot be had elsewhere (anonymous pages,
+// and pages of private file mappings that were written). Restore maps each
+// area at its address and reads the stored pages straight from the image into
+// the husk (an injected pread64: one kernel copy, no trip through crest).
+import { closeSync, openSync, readSync } from 'node:fs';
+import { join } from 'node:path';
+import { readMaps, readSmaps, type SmapsEntry } from '../proc/index.js';
+import { MADV, MAP, MREMAP, O, PAGE_SIZE, PROT, SYS } from '../sys/constants.js';
+import { CrestError } from '../sys/errors.js';
+import type { VmaImage } from '../image/schema.js';
+import { fileIdentity, verifyFile } from './fileid.js';
+import { unsupported, type DumpContext, type Kind, type RestoreContext } from './types.js';
+
+type VmaKind = VmaImage['kind'];
+const SPECIAL: ReadonlySet<string> = new Set(['vdso', 'vvar', 'vvar_vclock']);
+
+/** How a mapping is captured, or why it cannot be. */
+function classify(e: SmapsEntry): VmaKind | 'skip' | { why: string } {
+  if (e.vsyscall || e.path === '[vsyscall]') return 'skip';
+  if (e.path === '[vdso]') return 'vdso';
+  if (e.path === '[vvar]') return 'vvar';
+  if (e.path === '[vvar_vclock]') return 'vvar_vclock';
+  const anonLabel = e.path === '' || e.path === '[heap]' || e.path === '[stack]' || e.path.startsWith('[anon:');
+  if (anonLabel) return e.shared ? 'shmem-anon' : 'anon';
+  if (e.shared && e.deleted && e.path === '/dev/zero') return 'shmem-anon';
+  if (e.path.startsWith('[')) return { why: `special mapping ${e.path} is not supported` };
+  if (e.path.startsWith('/SYSV')) return { why: 'SysV shared memory is not supported yet' };
+  if (e.path.startsWith('/memfd:')) return { why: 'memfd mappings are not supported yet' };
+  if (e.deleted) return { why: `mapped file ${e.path} was deleted (not supported yet)` };
+  return 'file';
+}
+
+function protOf(s: string): number {
+  return (s[0] === 'r' ? PROT.READ : 0) | (s[1] === 'w' ? PROT.WRITE : 0) | (s[2] === 'x' ? PROT.EXEC : 0);
+}
+
+const hexa = (n: number): string => '0x' + n.toString(16);
+
+export const memory: Kind = {
+  name: 'memory',
+  check(ctx) {
+    for (const e of readSmaps(ctx.hostPid)) {
+      const k = classify(e);
+      if (typeof k === 'object') throw unsupported(ctx.hostPid, `mapping ${hexa(e.start)}-${hexa(e.end)}`, k.why);
+    }
+  },
+  dump(ctx) {
+    dumpMemory(ctx);
+  },
+};
+
+/** Reads the mappings, decides which pages to keep (pagemap), and streams them to the pages file. */
+function dumpMemory(ctx: DumpContext): void {
+  const pid = ctx.hostPid;
+  const vmas: VmaImage[] = [];
+  const pagemapFd = openSync(`/proc/${pid}/pagemap`, 'r');
+  const memFd = ctx.thread.mem();
+  const pagesName = `pages-${ctx.nsPid}.img`;
+  const out = ctx.writer.openData(pagesName);
+  const chunk = Buffer.allocUnsafe(8 * 1024 * 1024);
+  const pmBuf = Buffer.allocUnsafe(8 * 65536);
+  try {
+    for (const e of readSmaps(pid)) {
+      const kind = classify(e);
+      if (kind === 'skip') continue;
+      if (typeof kind === 'object') throw unsupported(pid, `mapping ${hexa(e.start)}-${hexa(e.end)}`, kind.why);
+      const vma: VmaImage = {
+        start: e.start,
+        end: e.end,
+        prot: e.perms.slice(0, 3),
+        shared: e.shared,
+        kind,
+        pgoff: kind === 'file' ? e.offset : 0,
+        vmFlags: e.vmFlags,
+        runs: [],
+      };
+      if (e.path.startsWith('[')) vma.label = e.path;
+      if (kind === 'file') {
+        const id = fileIdentity(e.path);
+        if (id.ino !== e.inode) {
+          throw unsupported(pid, `mapping of ${e.path}`, 'the file on disk was replaced since it was mapped');
+        }
+        vma.file = id;
+      }
+      if (!SPECIAL.has(kind) && !(kind === 'file' && e.shared)) {
+        vma.runs = selectPages(pagemapFd, pmBuf, e.start, e.end, kind === 'file');
+        copyRuns(memFd, out, chunk, e.start, vma.runs);
+      }
+      vmas.push(vma);
+    }
+  } finally {
+    closeSync(pagemapFd);
+  }
+  ctx.proc.vmas = vmas;
+  ctx.proc.pagesFile = pagesName;
+  out.close();
+}
+
+/**
+ * Pages worth storing, as [first page, count] runs: present or swapped pages
+ * of anonymous memory; of private file mappings only the pages that were
+ * written (present but no longer the file's page, bit 61 clear) or swapped.
+ */
+function selectPages(pmFd: number, buf: Buffer, start: number, end: number, fileBacked: boolean): [number, number][] {
+  const runs: [number, number][] = [];
+  const total = (end - start) / PAGE_SIZE;
+  let runStart = -1;
+  for (let base = 0; base < total; base += 65536) {
+    const n = Math.min(65536, total - base);
+    const want = n * 8;
+    let got = 0;
+    while (got < want) {
+      const r = readSync(pmFd, buf, got, want - got, (start / PAGE_SIZE + base) * 8 + got);
+      if (r <= 0) break;
+      got += r;
+    }
+    for (let i = 0; i < n; i++) {
+      const b7 = i * 8 + 7 < got ? buf[i * 8 + 7]! : 0;
+      const present = (b7 & 0x80) !== 0;
+      const swapped = (b7 & 0x40) !== 0;
+      const fileOrShared = (b7 & 0x20) !== 0;
+      const keep = fileBacked ? (present && !fileOrShared) || swapped : present || swapped;
+      const idx = base + i;
+      if (keep) {
+        if (runStart < 0) runStart = idx;
+      } else if (runStart >= 0) {
+        runs.push([runStart, idx - runStart]);
+        runStart = -1;
+      }
+    }
+  }
+  if (runStart >= 0) runs.push([runStart, total - runStart]);
+  return runs;
+}
+
+function copyRuns(
+  memFd: number,
+  out: { write(b: Buffer, off?: number, len?: number): void },
+  chunk: Buffer,
+  start: number,
+  runs: [number, number][],
+): void {
+  for (const [first, count] of runs) {
+    let addr = start + first * PAGE_SIZE;
+    let left = count * PAGE_SIZE;
+    while (left > 0) {
+      const len = Math.min(left, chunk.length);
+      let got = 0;
+      while (got < len) {
+        const r = readSync(memFd, chunk, got, len - got, addr + got);
+        if (r <= 0) throw new CrestError('MEM_READ', `could not read memory at ${hexa(addr + got)}`);
+        got += r;
+      }
+      out.write(chunk, 0, len);
+      addr += len;
+      left -= len;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- restore
+
+/** Largest range one injected pread64 fills (the kernel caps a read at 2 GiB - 4 KiB). */
+const MAX_IO = 1024 * 1024 * 1024;
+
+/**
+ * Checks before any process exists: files behind mappings still the same,
+ * the vDSO set of this kernel the same size as the image's.
+ */
+export function preflightMemory(proc: RestoreContext['proc'], ownVdso: Map<string, number>): void {
+  for (const v of proc.vmas) {
+    if (v.kind === 'file' && v.file) verifyFile(v.file, 'mapped file');
+    if (SPECIAL.has(v.kind)) {
+      const size = ownVdso.get(v.kind);
+      if (size !== v.end - v.start) {
+        throw new CrestError(
+          'VDSO_MISMATCH',
+          `the image's ${v.kind} area is ${v.end - v.start} bytes but this kernel's is ${size ?? 'absent'}; restore on the kernel the checkpoint was taken on`,
+        );
+      }
+    }
+  }
+  const have = [...ownVdso.keys()].filter((k) => SPECIAL.has(k));
+  for (const k of have) {
+    if (!proc.vmas.some((v) => v.kind === k)) {
+      throw new CrestError('VDSO_MISMATCH', `this kernel has a [${k}] area the image lacks; restore on the kernel the checkpoint was taken on`);
+    }
+  }
+}
+
+/** The special mappings of a process: kind -> size. */
+export function vdsoSizes(pid: number | 'self'): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const e of readMaps(pid)) {
+    const k = e.path.replace(/^\[|\]$/g, '');
+    if (SPECIAL.has(k)) m.set(k, e.end - e.start);
+  }
+  return m;
+}
+
+/** Finds `size` free bytes avoiding every range in `busy`, searching down from high user addresses. */
+export function findFree(busy: [number, number][], size: number): number {
+  const sorted = [...busy].sort((a, b) => b[0] - a[0]);
+  let top = 0x7f0000000000;
+  for (const [s, e] of sorted) {
+    if (e <= top && top - e >= size + 2 * PAGE_SIZE) return top - size - PAGE_SIZE;
+    if (s < top) top = Math.min(top, s);
+  }
+  if (top - 0x10000000 >= size) return top - size - PAGE_SIZE;
+  throw new CrestError('NO_ADDRESS_SPACE', `no free ${size}-byte area in the address space`);
+}
+
+/** Unmaps everything of the husk but the scratch area and the vDSO set, then moves the vDSO set where the image had it. */
+export function replaceHuskMemory(ctx: RestoreContext): void {
+  const t = ctx.thread;
+  const husk = readMaps(ctx.huskHostPid);
+  const special = new Map<string, { start: number; end: number }>();
+  for (const e of husk) {
+    if (e.vsyscall) continue;
+    const k = e.path.replace(/^\[|\]$/g, '');
+    if (SPECIAL.has(k)) {
+      special.set(k, { start: e.start, end: e.end });
+      continue;
+    }
+    if (e.start === ctx.scratch) continue;
+    t.syscall('munmap', `unmap husk area ${hexa(e.start)}`, SYS.munmap, e.start, e.end - e.start);
+  }
+  // Move each special area out of the way first, then to its place: a direct
+  // move could land on another special area that has not moved yet.
+  const targets = ctx.proc.vmas.filter((v) => SPECIAL.has(v.kind));
+  const busy: [number, number][] = [
+    ...ctx.proc.vmas.map((v) => [v.start, v.end] as [number, number]),
+    ...[...special.values()].map((s) => [s.start, s.end] as [number, number]),
+    [ctx.scratch, ctx.scratch + ctx.scratchSize],
+  ];
+  const parked = new Map<string, number>();
+  for (const [k, cur] of special) {
+    const size = cur.end - cur.start;
+    const tmp = findFree(busy, size);
+    busy.push([tmp, tmp + size]);
+    t.syscall('mremap', `park [${k}]`, SYS.mremap, cur.start, size, size, MREMAP.MAYMOVE | MREMAP.FIXED, tmp);
+    parked.set(k, tmp);
+  }
+  for (const v of targets) {
+    const from = parked.get(v.kind);
+    if (from === undefined) throw new CrestError('VDSO_MISMATCH', `this kernel gave the husk no [${v.kind}] area`);
+    const size = v.end - v.start;
+    t.syscall('mremap', `move [${v.kind}] to ${hexa(v.start)}`, SYS.mremap, from, size, size, MREMAP.MAYMOVE | MREMAP.FIXED, v.start);
+  }
+}
+
+const VMFLAG_MADVISE: [string, number][] = [
+  ['dd', MADV.DONTDUMP],
+  ['dc', MADV.DONTFORK],
+  ['wf', MADV.WIPEONFORK],
+  ['hg', MADV.HUGEPAGE],
+  ['nh', MADV.NOHUGEPAGE],
+];
+
+/** Maps every recorded area at its address and fills it from the pages file. */
+export function mapImageMemory(ctx: RestoreContext): void {
+  const t = ctx.thread;
+  const pagesPath = join(ctx.dir, ctx.proc.pagesFile);
+  const pagesFd = Number(t.syscall('openat', `open ${pagesPath}`, SYS.openat, -100, ctx.mem.str(pagesPath), O.RDONLY | O.CLOEXEC, 0));
+  const fileFds = new Map<string, number>();
+  let fileOff = 0;
+  try {
+    for (const v of ctx.proc.vmas) {
+      if (SPECIAL.has(v.kind)) continue;
+      ctx.mem.reset();
+      const len = v.end - v.start;
+      const prot = protOf(v.prot);
+      const stored = v.runs.length > 0;
+      const mapProt = stored ? prot | PROT.WRITE | PROT.READ : prot;
+      let flags = MAP.FIXED | (v.shared ? MAP.SHARED : MAP.PRIVATE);
+      if (v.vmFlags.includes('gd')) flags |= MAP.GROWSDOWN;
+      if (v.vmFlags.includes('nr')) flags |= MAP.NORESERVE;
+      let fd = -1;
+      if (v.kind === 'file') {
+        const f = v.file!;
+        const rw = v.shared && (v.prot[1] === 'w' || v.vmFlags.includes('mw'));
+        const key = `${f.path}\0${rw ? 'rw' : 'r'}`;
+        fd = fileFds.get(key) ?? -1;
+        if (fd < 0) {
+          fd = Number(t.syscall('openat', `open mapped file ${f.path}`, SYS.openat, -100, ctx.mem.str(f.path), (rw ? O.RDWR : O.RDONLY) | O.CLOEXEC, 0));
+          fileFds.set(key, fd);
+        }
+      } else {
+        flags |= MAP.ANONYMOUS;
+      }
+      const got = t.syscall('mmap', `map ${hexa(v.start)}-${hexa(v.end)}`, SYS.mmap, v.start, len, mapProt, flags, fd, v.kind === 'file' ? v.pgoff : 0);
+      if (Number(got) !== v.start) throw new CrestError('RESTORE_MMAP', `mmap placed ${hexa(v.start)} at ${hexa(Number(got))}`);
+      for (const [first, count] of v.runs) {
+        let addr = v.start + first * PAGE_SIZE;
+        let left = count * PAGE_SIZE;
+        while (left > 0) {
+          const n = Math.min(left, MAX_IO);
+          // Populate in bulk first: first-touch faults page by page cost ~20x more.
+          const pop = t.syscallRaw(SYS.madvise, addr, n, MADV.POPULATE_WRITE);
+          if (pop < 0n && pop !== -22n) throw new CrestError('RESTORE_MEMORY', `populating ${hexa(addr)}: errno ${-pop}`);
+          const r = t.syscall('pread64', `read pages into ${hexa(addr)}`, SYS.pread64, pagesFd, addr, n, fileOff);
+          if (Number(r) !== n) throw new CrestError('IMAGE_TRUNCATED', `pages file ${pagesPath} ended early at offset ${fileOff}`);
+          fileOff += n;
+          addr += n;
+          left -= n;
+        }
+      }
+      if (mapProt !== prot) t.syscall('mprotect', `protect ${hexa(v.start)}`, SYS.mprotect, v.start, len, prot);
+      for (const [flag, advice] of VMFLAG_MADVISE) {
+        if (!v.vmFlags.includes(flag)) continue;
+        const r = t.syscallRaw(SYS.madvise, v.start, len, advice);
+        if (r < 0n) ctx.warnings.push(`madvise(${flag}) on ${hexa(v.start)} failed: errno ${-r}`);
+      }
+    }
+  } finally {
+    for (const fd of fileFds.values()) t.syscallRaw(SYS.close, fd);
+    t.syscallRaw(SYS.close, pagesFd);
+  }
+}
+
+/** The husk's memory is the image's: every area at its address with its protection. */
+export function checkRestoredLayout(ctx: RestoreContext): void {
+  const now = readMaps(ctx.huskHostPid).filter((e) => !e.vsyscall && e.start !== ctx.scratch);
+  for (const v of ctx.proc.vmas) {
+    const covered = now.some((e) => e.start <= v.start && e.end >= v.end);
+    if (!covered) throw new CrestError('RESTORE_LAYOUT', `area ${hexa(v.start)}-${hexa(v.end)} is missing after restore`);
+  }
+}

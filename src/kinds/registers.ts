@@ -1,0 +1,72 @@
+// General registers, fs/gs base and the extended state (x87, SSE, AVX,
+// AVX-512: all of it lives in the XSAVE area that NT_X86_XSTATE returns).
+import { REG, regsFromImage, regsToImage } from '../tracer/tracer.js';
+import { CrestError } from '../sys/errors.js';
+import {
+  EINTR,
+  ERESTARTNOHAND,
+  ERESTARTNOINTR,
+  ERESTARTSYS,
+  ERESTART_RESTARTBLOCK,
+} from '../sys/constants.js';
+import type { Kind, RestoreContext } from './types.js';
+
+/** Offset of the xfeatures word in the XSAVE area's software-reserved bytes (struct _fpx_sw_bytes). */
+const XFEATURES_OFFSET = 464 + 8;
+
+export function xfeaturesOf(xstate: Buffer): bigint {
+  if (xstate.length < XFEATURES_OFFSET + 8) return 0n;
+  return xstate.readBigUInt64LE(XFEATURES_OFFSET);
+}
+
+/**
+ * The registers to install so the task resumes where it was: a task caught
+ * inside a sleeping system call holds -ERESTART* in rax. The kernel would
+ * restart it on the way out of the stop; we do the same by hand (the restart
+ * block of -ERESTART_RESTARTBLOCK died with the old process, so that call
+ * returns EINTR, as after a signal), and clear orig_rax so nothing restarts twice.
+ */
+export function resumeRegs(saved: BigUint64Array): BigUint64Array {
+  const r = new BigUint64Array(saved);
+  const orig = BigInt.asIntN(64, r[REG.orig_rax]!);
+  if (orig >= 0n) {
+    const rax = BigInt.asIntN(64, r[REG.rax]!);
+    if (rax === -BigInt(ERESTARTSYS) || rax === -BigInt(ERESTARTNOINTR) || rax === -BigInt(ERESTARTNOHAND)) {
+      r[REG.rax] = r[REG.orig_rax]!;
+      r[REG.rip] = r[REG.rip]! - 2n;
+    } else if (rax === -BigInt(ERESTART_RESTARTBLOCK)) {
+      r[REG.rax] = BigInt.asUintN(64, -BigInt(EINTR));
+    }
+  }
+  r[REG.orig_rax] = 0xffffffffffffffffn;
+  return r;
+}
+
+/** Refuses an image whose extended state uses CPU features this machine lacks. */
+export function checkXfeatures(ctx: RestoreContext): void {
+  const have = xfeaturesOf(ctx.thread.xstate());
+  for (const t of ctx.proc.threads) {
+    const need = BigInt(t.xfeatures);
+    if ((need & ~have) !== 0n) {
+      throw new CrestError(
+        'CPU_MISMATCH',
+        `thread ${t.tid} uses CPU state features 0x${need.toString(16)} but this CPU offers 0x${have.toString(16)}; restore on a machine with the same CPU features`,
+      );
+    }
+  }
+}
+
+export const registers: Kind = {
+  name: 'registers',
+  dump(ctx) {
+    ctx.thr.regs = regsToImage(ctx.thread.origRegs);
+    const xs = ctx.thread.xstate();
+    ctx.thr.xstate = xs.toString('base64');
+    ctx.thr.xfeatures = '0x' + xfeaturesOf(xs).toString(16);
+  },
+  restore(ctx) {
+    const t = ctx.proc.threads[0]!;
+    const regs = resumeRegs(regsFromImage(t.regs));
+    ctx.thread.install(regs, BigInt(t.sigmask), Buffer.from(t.xstate, 'base64'));
+  },
+};

@@ -1,0 +1,324 @@
+// The tracer: freezing threads, their registers, and "run this system call in
+// that task" (injection). Everything that touches a stopped task goes through
+// here, on the main thread (ptrace requests are only accepted from the thread
+// that attached, so nothing here may run on the libuv pool).
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { native } from '../sys/native.js';
+import { CrestError, SyscallError, errnoName } from '../sys/errors.js';
+import { NT, PTRACE_EVENT_STOP, SIG, WNOHANG, __WALL } from '../sys/constants.js';
+import { REG_NAMES, type RegName, type Regs } from '../image/schema.js';
+
+/** Index of each register in struct user_regs_struct. */
+export const REG: Record<RegName, number> = Object.fromEntries(
+  REG_NAMES.map((n, i) => [n, i]),
+) as Record<RegName, number>;
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+/** Blocks the thread for `ms` milliseconds (we are synchronous by design while tasks are frozen). */
+export function sleepMs(ms: number): void {
+  Atomics.wait(sleepCell, 0, 0, ms);
+}
+
+/** A decoded wait status. */
+export type WaitStatus =
+  | { kind: 'exited'; code: number }
+  | { kind: 'signaled'; signal: number }
+  | { kind: 'stopped'; signal: number; event: number };
+
+export function decodeStatus(status: number): WaitStatus {
+  if ((status & 0xff) === 0x7f) {
+    return { kind: 'stopped', signal: (status >> 8) & 0xff, event: (status >>> 16) & 0xff };
+  }
+  if ((status & 0x7f) === 0) return { kind: 'exited', code: (status >> 8) & 0xff };
+  return { kind: 'signaled', signal: status & 0x7f };
+}
+
+/**
+ * Waits for a state change of `tid` (a tracee), with a time bound: a task in
+ * uninterruptible sleep can take a while to reach its stop, and a task that
+ * never stops must not hang crest.
+ */
+export function waitTask(tid: number, timeoutMs = 5000): WaitStatus {
+  const n = native();
+  // Spin briefly first: single-steps and interrupts usually land in microseconds.
+  for (let i = 0; i < 200; i++) {
+    const r = n.waitpid(tid, WNOHANG | __WALL);
+    if (r.pid === tid) return decodeStatus(r.status);
+  }
+  const deadline = Date.now() + timeoutMs;
+  let pause = 0.05;
+  for (;;) {
+    const r = n.waitpid(tid, WNOHANG | __WALL);
+    if (r.pid === tid) return decodeStatus(r.status);
+    if (Date.now() > deadline) {
+      throw new CrestError('TRACE_TIMEOUT', `task ${tid} did not stop within ${timeoutMs} ms`);
+    }
+    sleepMs(pause);
+    pause = Math.min(pause * 2, 5);
+  }
+}
+
+export function regsToImage(r: BigUint64Array): Regs {
+  const out = {} as Record<RegName, string>;
+  REG_NAMES.forEach((name, i) => {
+    out[name] = '0x' + (r[i] ?? 0n).toString(16);
+  });
+  return out as Regs;
+}
+
+export function regsFromImage(r: Regs): BigUint64Array {
+  const out = new BigUint64Array(REG_NAMES.length);
+  REG_NAMES.forEach((name, i) => {
+    out[i] = BigInt(r[name]);
+  });
+  return out;
+}
+
+/** Signed view of a 64-bit register value. */
+export function signed(v: bigint): bigint {
+  return BigInt.asIntN(64, v);
+}
+
+/** A value passed to an injected system call. */
+export type Arg = number | bigint;
+
+/**
+ * One thread we hold in a ptrace stop. Created by `Thread.seize`; all state
+ * changes that must be undone on failure are tracked so `release()` can put
+ * the thread back exactly as it was.
+ */
+export class Thread {
+  readonly tid: number;
+  /** Registers at the moment we stopped it: what release() puts back. */
+  readonly origRegs: BigUint64Array;
+  readonly origSigmask: bigint;
+  /** Signals dequeued while we were stopping the thread; re-queued on release or saved in the image. */
+  readonly caughtSignals: Buffer[] = [];
+  private syscallSite = 0;
+  private injecting = false;
+  private memFd = -1;
+  private detached = false;
+
+  private constructor(tid: number, regs: BigUint64Array, sigmask: bigint) {
+    this.tid = tid;
+    this.origRegs = regs;
+    this.origSigmask = sigmask;
+  }
+
+  /**
+   * PTRACE_SEIZE + PTRACE_INTERRUPT, then wait for the interrupt stop.
+   * A signal arriving meanwhile shows up as a signal-delivery stop first; it
+   * is taken out of the way (kept in caughtSignals) and the wait goes on.
+   */
+  static seize(tid: number, opts: { exitKill?: boolean; timeoutMs?: number } = {}): Thread {
+    const n = native();
+    n.ptraceSeize(tid, opts.exitKill ? 0x100000 : 0);
+    const caught: Buffer[] = [];
+    try {
+      n.ptraceInterrupt(tid);
+      for (;;) {
+        const st = waitTask(tid, opts.timeoutMs ?? 5000);
+        if (st.kind !== 'stopped') {
+          throw new CrestError('TASK_GONE', `task ${tid} ended while being frozen (${describeStatus(st)})`);
+        }
+        if (st.event === PTRACE_EVENT_STOP) {
+          if (st.signal === SIG.SIGTRAP) break;
+          // A group-stop (the task was stopped by SIGSTOP & co.): not supported yet.
+          throw new CrestError(
+            'TASK_STOPPED',
+            `task ${tid} is stopped by signal ${st.signal}; resume it (kill -CONT) before checkpointing`,
+          );
+        }
+        // Signal-delivery stop: keep the signal for later and suppress it now;
+        // the pending interrupt then stops the task right away.
+        caught.push(n.ptraceGetSiginfo(tid));
+        n.ptraceCont(tid, 0);
+      }
+      const regs = n.ptraceGetRegs(tid);
+      const mask = n.ptraceGetSigmask(tid);
+      const t = new Thread(tid, regs, mask);
+      t.caughtSignals.push(...caught);
+      return t;
+    } catch (e) {
+      try {
+        // Re-deliver what we took out of the way, then let go.
+        for (const si of caught) n.tgkill(tid, tid, si.readInt32LE(0));
+        n.ptraceDetach(tid, 0);
+      } catch {
+        /* the task may be gone */
+      }
+      throw e;
+    }
+  }
+
+  /** Bytes of the task's memory through /proc/PID/mem (reads work on PROT_NONE and read-only pages too). */
+  mem(): number {
+    if (this.memFd < 0) this.memFd = openSync(`/proc/${this.tid}/mem`, 'r+');
+    return this.memFd;
+  }
+
+  readMem(addr: number, len: number): Buffer {
+    const buf = Buffer.alloc(len);
+    let done = 0;
+    while (done < len) {
+      const n = readSync(this.mem(), buf, done, len - done, addr + done);
+      if (n <= 0) throw new CrestError('MEM_READ', `short read of task ${this.tid} memory at 0x${(addr + done).toString(16)}`);
+      done += n;
+    }
+    return buf;
+  }
+
+  writeMem(addr: number, data: Buffer): void {
+    let done = 0;
+    while (done < data.length) {
+      const n = writeSync(this.mem(), data, done, data.length - done, addr + done);
+      if (n <= 0) throw new CrestError('MEM_WRITE', `short write to task ${this.tid} memory at 0x${(addr + done).toString(16)}`);
+      done += n;
+    }
+  }
+
+  /** Where injected syscalls execute: the address of a `syscall` instruction (0f 05) in the task. */
+  setSyscallSite(addr: number): void {
+    this.syscallSite = addr;
+  }
+
+  get site(): number {
+    return this.syscallSite;
+  }
+
+  /**
+   * Runs one system call inside the task and returns its raw result (negative
+   * errno on failure). All signals are blocked while injecting so no handler
+   * runs on our borrowed registers.
+   */
+  syscallRaw(nr: number, ...args: Arg[]): bigint {
+    if (!this.syscallSite) throw new Error('no syscall site set');
+    const n = native();
+    if (!this.injecting) {
+      n.ptraceSetSigmask(this.tid, ~0n & 0xffffffffffffffffn);
+      this.injecting = true;
+    }
+    const r = new BigUint64Array(this.origRegs);
+    r[REG.rax] = BigInt(nr);
+    r[REG.orig_rax] = 0xffffffffffffffffn;
+    r[REG.rip] = BigInt(this.syscallSite);
+    const argRegs = [REG.rdi, REG.rsi, REG.rdx, REG.r10, REG.r8, REG.r9];
+    args.forEach((a, i) => {
+      r[argRegs[i]!] = BigInt.asUintN(64, BigInt(a));
+    });
+    n.ptraceSetRegs(this.tid, r);
+    n.ptraceSingleStep(this.tid, 0);
+    for (;;) {
+      const st = waitTask(this.tid);
+      if (st.kind !== 'stopped') {
+        throw new CrestError('TASK_GONE', `task ${this.tid} ended during an injected system call ${nr} (${describeStatus(st)})`);
+      }
+      if (st.signal === SIG.SIGTRAP) break;
+      // Only unblockable signals can get here; SIGKILL ends the task (seen as exit next).
+      n.ptraceSingleStep(this.tid, 0);
+    }
+    const out = n.ptraceGetRegs(this.tid);
+    return signed(out[REG.rax]!);
+  }
+
+  /** Like syscallRaw, but a negative result throws a SyscallError naming the call and what it was for. */
+  syscall(name: string, op: string, nr: number, ...args: Arg[]): bigint {
+    const r = this.syscallRaw(nr, ...args);
+    if (r < 0n && r > -4096n) throw new SyscallError(name, `${op} (injected)`, Number(-r), this.tid);
+    return r;
+  }
+
+  /** Registers as they are now. */
+  regs(): BigUint64Array {
+    return native().ptraceGetRegs(this.tid);
+  }
+
+  xstate(): Buffer {
+    return native().ptraceGetRegset(this.tid, NT.X86_XSTATE, 64 * 1024);
+  }
+
+  /** Puts back the registers and signal mask we found (ends an injection window). */
+  restoreOriginal(): void {
+    const n = native();
+    n.ptraceSetRegs(this.tid, this.origRegs);
+    n.ptraceSetSigmask(this.tid, this.origSigmask);
+    this.injecting = false;
+  }
+
+  /** Installs final registers and mask (restore), leaving the thread stopped. */
+  install(regs: BigUint64Array, sigmask: bigint, xstate?: Buffer): void {
+    const n = native();
+    if (xstate) n.ptraceSetRegset(this.tid, NT.X86_XSTATE, xstate);
+    n.ptraceSetRegs(this.tid, regs);
+    n.ptraceSetSigmask(this.tid, sigmask);
+    this.injecting = false;
+  }
+
+  /** Lets the thread run on (optionally re-queuing signals we took out of the way). */
+  detach(): void {
+    if (this.detached) return;
+    this.closeMem();
+    native().ptraceDetach(this.tid, 0);
+    this.detached = true;
+  }
+
+  /** Best-effort: put the thread back as found and let it go. Never throws. */
+  release(): void {
+    if (this.detached) return;
+    try {
+      this.restoreOriginal();
+    } catch {
+      /* gone */
+    }
+    try {
+      this.detach();
+    } catch {
+      /* gone */
+    }
+    const n = native();
+    for (const si of this.caughtSignals) {
+      try {
+        n.tgkill(this.tid, this.tid, si.readInt32LE(0));
+      } catch {
+        /* gone */
+      }
+    }
+  }
+
+  closeMem(): void {
+    if (this.memFd >= 0) {
+      try {
+        closeSync(this.memFd);
+      } catch {
+        /* ignore */
+      }
+      this.memFd = -1;
+    }
+  }
+
+  markDetached(): void {
+    this.closeMem();
+    this.detached = true;
+  }
+}
+
+export function describeStatus(st: WaitStatus): string {
+  switch (st.kind) {
+    case 'exited':
+      return `exited with ${st.code}`;
+    case 'signaled':
+      return `killed by signal ${st.signal}`;
+    case 'stopped':
+      return `stopped by signal ${st.signal}`;
+  }
+}
+
+/** Finds a `syscall` instruction (0f 05) in a byte range; -1 when none. */
+export function findSyscallInsn(buf: Buffer): number {
+  for (let i = 0; i + 1 < buf.length; i++) {
+    if (buf[i] === 0x0f && buf[i + 1] === 0x05) return i;
+  }
+  return -1;
+}
+
+export { errnoName };
