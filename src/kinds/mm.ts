@@ -8,7 +8,7 @@ import { isErrno } from '../sys/errors.js';
 import { fileIdentity } from './fileid.js';
 import { unsupported, type Kind } from './types.js';
 
-const PRCTL_MM_MAP_SIZE = 13 * 8 + 4 + 4;
+const PRCTL_MM_MAP_SIZE = 12 * 8 + 4 + 4; // struct prctl_mm_map: 11 addresses, auxv pointer, auxv_size, exe_fd
 
 export const mm: Kind = {
   name: 'mm',
