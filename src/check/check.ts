@@ -149,13 +149,14 @@ function attempt(ctx: Ctx, id: string, title: string, fn: () => Omit<ProbeResult
   try {
     return add(ctx, { id, title, ...fn() });
   } catch (e) {
+    if (e instanceof CrestError && e.code === 'NATIVE_MISSING') return add(ctx, { id, title, ok: null, detail: `not tried: ${e.message}` });
     return add(ctx, { id, title, ok: false, detail: `probe failed: ${errText(e)}` });
   }
 }
 
 function needNative(ctx: Ctx): Native {
   if (ctx.n) return ctx.n;
-  throw new CrestError('NATIVE_MISSING', ctx.nativeError ?? 'native addon not loaded');
+  throw new CrestError('NATIVE_MISSING', 'the native addon is not built (`npm ci` builds it)');
 }
 
 function probeKernel(ctx: Ctx): void {
@@ -542,22 +543,47 @@ function chooseTracking(ctx: Ctx): { method: TrackingMethod; why: string } {
 // ---------------------------------------------------------------------------
 // conclusions
 
-function usernsBlocker(ctx: Ctx): string | undefined {
-  const s = ctx.sysctls;
+/** What the PID-mode conclusions depend on: the probe outcomes, as plain data. */
+export interface ModeFacts {
+  helperPath: string;
+  nativeOk: boolean;
+  helperMissing: boolean;
+  helperRan: boolean;
+  /** The helper's probe lines: userns/mountproc/set_tid/clone3 -> 'ok' or an errno name. */
+  helper: Record<string, string>;
+  ptraceOk: boolean;
+  ptraceErrno?: string;
+  /** kernel.yama.ptrace_scope, undefined without Yama. */
+  yama?: string;
+  /** The user namespace sysctls present, by sysctl name. */
+  sysctls: Record<string, string | undefined>;
+  /** The helper's file capabilities; null when it has none, undefined when not read. */
+  fileCaps?: FileCaps | null;
+  helperNoSuid?: boolean;
+  status?: Pick<ProcStatus, 'capEff' | 'capAmb' | 'uid' | 'noNewPrivs'>;
+}
+
+function usernsBlocker(f: ModeFacts): string | undefined {
+  const s = f.sysctls;
   if (s['kernel.apparmor_restrict_unprivileged_userns'] === '1') return 'sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0';
   if (s['user.max_user_namespaces'] === '0') return 'sudo sysctl -w user.max_user_namespaces=15000';
   if (s['kernel.unprivileged_userns_clone'] === '0') return 'sudo sysctl -w kernel.unprivileged_userns_clone=1';
   return undefined;
 }
 
-function ptraceEnable(ctx: Ctx): string | undefined {
-  if (ctx.yama === '2' || ctx.yama === '3') return 'sudo sysctl -w kernel.yama.ptrace_scope=1';
+function ptraceEnable(f: { yama?: string }): string | undefined {
+  if (f.yama === '2' || f.yama === '3') return 'sudo sysctl -w kernel.yama.ptrace_scope=1';
   return undefined;
 }
 
-function conclude(ctx: Ctx): ModeResult[] {
+/** Which PID modes are usable, why, and how an administrator would enable the others. Pure. */
+export function concludeModes(ctx: ModeFacts): ModeResult[] {
   const h = ctx.helper;
-  const ptraceWhy = ctx.ptraceOk ? '' : `ptrace does not work${ctx.ptraceErrno ? ` (${ctx.ptraceErrno})` : ''}`;
+  const ptraceWhy = ctx.ptraceOk
+    ? ''
+    : ctx.nativeOk
+      ? `ptrace does not work${ctx.ptraceErrno ? ` (${ctx.ptraceErrno})` : ''}`
+      : 'ptrace not tried: the native addon is not built (`npm ci` builds it)';
   const modes: ModeResult[] = [];
 
   // userns: exact PIDs inside crest jobs through the job's own namespaces.
@@ -565,7 +591,7 @@ function conclude(ctx: Ctx): ModeResult[] {
     const fails: string[] = [];
     let enable: string | undefined;
     if (ctx.helperMissing) {
-      fails.push(`crest-helper is not built (${ctx.opts.helperPath})`);
+      fails.push(`crest-helper is not built (${ctx.helperPath})`);
       enable = 'npm ci   # in the crest package: builds the native addon and crest-helper';
     } else if (!ctx.helperRan) {
       fails.push('crest-helper probe did not run');
@@ -592,7 +618,7 @@ function conclude(ctx: Ctx): ModeResult[] {
   {
     const s = ctx.status;
     const fc = ctx.fileCaps;
-    const abs = isAbsolute(ctx.opts.helperPath) ? ctx.opts.helperPath : resolve(ctx.opts.helperPath);
+    const abs = isAbsolute(ctx.helperPath) ? ctx.helperPath : resolve(ctx.helperPath);
     const enable = `sudo setcap cap_checkpoint_restore+ep ${abs}`;
     let usable = false;
     let why: string;
@@ -603,7 +629,7 @@ function conclude(ctx: Ctx): ModeResult[] {
     if (fileOk) {
       usable = true;
       why = 'crest-helper carries cap_checkpoint_restore in its permitted and effective file capabilities';
-    } else if (procEff && inherits) {
+    } else if (procEff && inherits && !ctx.helperMissing) {
       usable = true;
       why = `this process holds cap_checkpoint_restore${s?.uid[1] === 0 ? ' (as root)' : ' (ambient)'} and crest-helper inherits it`;
     } else {
@@ -615,7 +641,9 @@ function conclude(ctx: Ctx): ModeResult[] {
       else if (fc.rootid !== undefined) reasons.push(`crest-helper's file capabilities are namespaced (rootid ${fc.rootid}) and do not apply in the host pid namespace`);
       else if (ctx.helperNoSuid) reasons.push('crest-helper sits on a nosuid mount, so its file capabilities are ignored');
       else if (s?.noNewPrivs) reasons.push('this process has no_new_privs, so file capabilities are ignored at exec');
-      reasons.push(procEff ? 'this process holds cap_checkpoint_restore but not as ambient, so the helper would not inherit it' : 'this process does not hold cap_checkpoint_restore');
+      if (!ctx.helperMissing) {
+        reasons.push(procEff ? 'this process holds cap_checkpoint_restore but not as ambient, so the helper would not inherit it' : 'this process does not hold cap_checkpoint_restore');
+      }
       why = reasons.join('; ');
     }
     if (usable && !ctx.ptraceOk) {
@@ -633,7 +661,7 @@ function conclude(ctx: Ctx): ModeResult[] {
   // cycle: fork until the PID counter arrives. Always possible when ptrace works.
   {
     const usable = ctx.ptraceOk;
-    const en = ptraceEnable(ctx);
+    const en = ctx.nativeOk ? ptraceEnable(ctx) : 'npm ci   # in the crest package: builds the native addon';
     modes.push({
       mode: 'cycle',
       usable,
@@ -691,7 +719,20 @@ export function runCheck(opts: CheckOptions): CheckReport {
     helperPath: ctx.opts.helperPath,
     probes: ctx.probes,
     tracking,
-    modes: conclude(ctx),
+    modes: concludeModes({
+      helperPath: ctx.opts.helperPath,
+      nativeOk: ctx.n !== undefined,
+      helperMissing: ctx.helperMissing,
+      helperRan: ctx.helperRan,
+      helper: ctx.helper,
+      ptraceOk: ctx.ptraceOk,
+      ptraceErrno: ctx.ptraceErrno,
+      yama: ctx.yama,
+      sysctls: ctx.sysctls,
+      fileCaps: ctx.fileCaps,
+      helperNoSuid: ctx.helperNoSuid,
+      status: ctx.status,
+    }),
   };
 }
 
@@ -706,11 +747,12 @@ export function formatCheck(report: CheckReport): string {
   const mark = (ok: boolean | null): string => (ok === true ? 'ok' : ok === false ? 'no' : '--');
   const width = Math.max(...report.probes.map((p) => p.title.length));
   const lines: string[] = [`crest check: kernel ${report.kernel} on ${report.arch}, uid ${report.uid}${report.euid !== report.uid ? ` (euid ${report.euid})` : ''}`, ''];
-  for (const p of report.probes) lines.push(`  ${mark(p.ok).padEnd(4)} ${p.title.padEnd(width)}   ${p.detail}`);
+  const flat = (t: string): string => t.replace(/\s*\n\s*/g, ' ');
+  for (const p of report.probes) lines.push(`  ${mark(p.ok).padEnd(4)} ${p.title.padEnd(width)}   ${flat(p.detail)}`);
   lines.push('', 'PID modes:');
   const mw = Math.max(...report.modes.map((m) => MODE_TITLES[m.mode].length));
   for (const m of report.modes) {
-    lines.push(`  ${(m.usable ? 'ok' : 'no').padEnd(4)} ${MODE_TITLES[m.mode].padEnd(mw)}   ${m.usable ? 'usable' : 'not usable'}: ${m.why}`);
+    lines.push(`  ${(m.usable ? 'ok' : 'no').padEnd(4)} ${MODE_TITLES[m.mode].padEnd(mw)}   ${m.usable ? 'usable' : 'not usable'}: ${flat(m.why)}`);
     if (m.enable) lines.push(`  ${''.padEnd(4)} ${''.padEnd(mw)}   to enable: ${m.enable}`);
   }
   const best = report.modes.find((m) => m.usable);

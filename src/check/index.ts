@@ -2,6 +2,8 @@
 export {
   type CheckOptions,
   type CheckReport,
+  type ModeFacts,
+  concludeModes,
   type JsonValue,
   type ModeName,
   type ModeResult,
