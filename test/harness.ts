@@ -417,9 +417,26 @@ export interface StartJobOptions {
   readyTimeoutMs?: number;
 }
 
-/** Host pids of the target of `job` (normally one). */
+/** Host pids of the processes of the target of `job` (a forked child has the same argv). */
 export function jobTargetPids(job: Pick<Job, 'argv'>): number[] {
   return processesWithArgv(job.argv);
+}
+
+/** The pids of `pids` whose parent is not among them (the target, not its forked children). */
+export function topmost(pids: readonly number[]): number[] {
+  const set = new Set(pids);
+  return pids.filter((p) => !set.has(ppidOf(p)));
+}
+
+/** Host pid of the (topmost) target process of `job`, waiting up to `timeoutMs` for it to appear. */
+export async function waitJobPid(job: Pick<Job, 'argv'>, timeoutMs = 10_000): Promise<number> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const pids = topmost(processesWithArgv(job.argv));
+    if (pids.length === 1) return pids[0] as number;
+    if (Date.now() > end) assert.fail(`expected one process running ${job.argv.join(' ')}, found ${JSON.stringify(pids)}`);
+    await sleep(20);
+  }
 }
 
 /**
@@ -436,7 +453,7 @@ export async function startJob(target: TargetName, opts: StartJobOptions = {}): 
   const nsPid = readyPid(workDir);
   let hostPids: number[] = [];
   const end = Date.now() + 5000;
-  while ((hostPids = processesWithArgv(argv)).length === 0 && Date.now() < end) await sleep(10);
+  while ((hostPids = topmost(processesWithArgv(argv))).length === 0 && Date.now() < end) await sleep(10);
   assert.equal(hostPids.length, 1, `expected one host process running ${argv.join(' ')}, found ${JSON.stringify(hostPids)}`);
   return { name, target, workDir, argv, run, hostPid: hostPids[0] as number, nsPid };
 }
@@ -488,6 +505,11 @@ export function assertRefused(r: ExitResult, what: string, message?: RegExp): vo
 export function assertPass(r: ExitResult, target: TargetName, what: string): void {
   assert.ok(!r.timedOut && r.code === 0 && r.stdout.includes(`PASS ${target}`), describeResult(what, r));
   assert.ok(!r.stdout.includes('FAIL'), describeResult(what, r));
+}
+
+/** Asserts `p` (e.g. a job's `crest run`) has not exited. */
+export function assertStillRunning(p: Proc, what: string): void {
+  if (p.result) assert.fail(describeResult(`${what}: it exited`, p.result));
 }
 
 /** Waits for `crest run` of `job` to exit after a dump; asserts it says "checkpointed" (75). */
