@@ -169,10 +169,11 @@ export function spawnTracked(argv: readonly string[], opts: SpawnOptions = {}): 
     result: null,
     exited: new Promise<ExitResult>((resolve) => {
       let spawnError: Error | null = null;
-      child.on('error', (e) => {
-        spawnError = e;
-      });
-      child.on('close', (code, signal) => {
+
+      let settled = false;
+      const settle = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (settled) return;
+        settled = true;
         if (timer) clearTimeout(timer);
         const r: ExitResult = {
           code,
@@ -184,6 +185,17 @@ export function spawnTracked(argv: readonly string[], opts: SpawnOptions = {}): 
         };
         proc.result = r;
         resolve(r);
+      };
+      child.on('close', settle);
+      child.on('error', (e) => {
+        spawnError = e;
+        setTimeout(() => settle(null, null), 200);
+      });
+      // A process that leaves something behind holding its pipes (crest
+      // restore --detach: the job keeps crest restore's stdout/stderr) never
+      // closes them: take its exit, after a grace period for the output.
+      child.on('exit', (code, signal) => {
+        setTimeout(() => settle(code, signal), 1000);
       });
     }),
   };

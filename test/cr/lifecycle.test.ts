@@ -40,8 +40,8 @@ test('one image restored twice: both restores run to PASS', { timeout: TIMEOUT }
   const linesAfterFirst = appendLines(rt.job.workDir);
   const second = await restore(rt.imageDir);
   assertPass(second, 'files', 'second restore of the same image');
-  // Each restore appended one line after checking the ones before its image's offset.
-  assert.equal(appendLines(rt.job.workDir), linesAfterFirst + 1);
+  // The second restore wrote after what the first one left (its image-time offset was behind the end).
+  assert.ok(appendLines(rt.job.workDir) > linesAfterFirst, 'the second restore appended nothing to append.log');
   const pids = fs.readFileSync(path.join(rt.job.workDir, 'resumed'), 'utf8').trim().split('\n');
   assert.deepEqual(pids, [String(rt.job.nsPid), String(rt.job.nsPid)], 'both restored processes had the original pid');
 });

@@ -59,7 +59,11 @@ async function letFinish(job: Job): Promise<void> {
 async function expectJobUntouched(job: Job, what: string): Promise<void> {
   assertStillRunning(job.run, `${what}: crest run`);
   const pids = jobTargetPids(job);
-  assert.ok(pids.includes(job.hostPid), `${what}: the job's process ${job.hostPid} is gone (found ${JSON.stringify(pids)})`);
+  if (!pids.includes(job.hostPid)) {
+    // Say how it ended: crest run reports the job's end.
+    const r = await withTimeout(job.run.exited, 5000, `crest run of ${job.name}`).catch(() => null);
+    assert.fail(`${what}: the job's process ${job.hostPid} is gone${r ? `; ${describeResult('crest run', r)}` : ''}`);
+  }
   for (const pid of pids) await expectRunningUntraced(pid, what);
   assert.ok(!resumed(job.workDir), `${what}: the job went past its wait`);
 }

@@ -10,11 +10,14 @@
  *   16 NOCLOEXEC W/data.bin O_RDONLY|O_NONBLOCK at 3000;
  *   17 NULL      /dev/null O_WRONLY, close-on-exec.
  * After go: the set of open fds is the one at ready; every fd has its
- * status flags, close-on-exec flag, file identity and offset; append.log
- * holds exactly the lines 0..counter-1 up to the append fd's offset (anything
- * after it was written by an earlier restore of the same image and is fine);
- * a new line goes to the end of the file; the RO fd reads the expected bytes
- * at 1234; a read on DUPA moves DUPB and not OTHER; /dev/null is /dev/null.
+ * status flags, close-on-exec flag, file identity and offset (the append
+ * fd's is checked before every write: it must be where the last write left
+ * it, i.e. after a restore where it was in the image); every line written is
+ * in append.log where it was written, lines 0, 1, 2 ... contiguous from the
+ * start (a restore of the same image a second time finds lines of the first
+ * restore after its image-time offset: its own lines come after those); a new
+ * line goes to the end of the file; the RO fd reads the expected bytes at
+ * 1234; a read on DUPA moves DUPB and not OTHER; /dev/null is /dev/null.
  */
 #define TARGET_NAME "files"
 #include "common.h"
@@ -41,7 +44,7 @@ static unsigned char fdset_before[1024];
 
 static uint64_t seed;
 static volatile unsigned long long counter;
-static volatile off_t app_pos;
+static volatile off_t app_pos; /* where the append fd is after our last write */
 
 static unsigned char pat(int file, size_t i)
 {
@@ -106,13 +109,32 @@ static int fdset(unsigned char *set)
     return n;
 }
 
+/*
+ * Each round: the fd's offset must still be where our last write left it
+ * (after a restore: the offset in the image), then one line goes to the end
+ * of the file (O_APPEND) and we remember where it landed. A later restore of
+ * the same image finds the file longer (earlier restores appended to it): its
+ * lines land further on, which the offsets kept here account for.
+ */
+#define MAX_LINES (1 << 17)
+static off_t line_at[MAX_LINES];
+static volatile unsigned long offset_moved;
+static volatile off_t moved_was, moved_expected;
+
 static void tick(void)
 {
+    off_t cur = lseek(APP, 0, SEEK_CUR);
+    if (cur != app_pos && offset_moved++ == 0) {
+        moved_was = cur;
+        moved_expected = app_pos;
+    }
     char line[32];
     snprintf(line, sizeof line, "%08llu\n", counter);
     write_all(APP, line, LINE, "append.log");
+    off_t end = lseek(APP, 0, SEEK_CUR);
+    if (counter < MAX_LINES) line_at[counter] = end - LINE;
     counter = counter + 1;
-    app_pos = lseek(APP, 0, SEEK_CUR);
+    app_pos = end;
 }
 
 int main(int argc, char **argv)
@@ -132,6 +154,7 @@ int main(int argc, char **argv)
     place(wpath("data.bin"), O_RDONLY | O_NONBLOCK, NOCLOEXEC, 0, 3000);
     place("/dev/null", O_WRONLY, DEVNULL, 1, 0);
     for (int i = 0; i < 5; i++) tick();
+    const unsigned long long lines_at_ready = counter;
 
     snapshot(before);
     int nfds = fdset(fdset_before);
@@ -203,12 +226,16 @@ int main(int argc, char **argv)
     const int appended = (before[0].fl & O_APPEND) != 0;
     CHECK("append_flags", appended && (now[0].fl & O_APPEND), "append.log fd lost O_APPEND");
 
-    /* The append log: continuous up to the offset the fd had. */
+    /* The append log: every line we wrote is where we wrote it; before the
+       first line that had to go further (the file grew behind our back: an
+       earlier restore of the same image), the lines are exactly 0, 1, 2 ... */
     const off_t pos = app_pos;
     const unsigned long long lines = counter;
-    CHECK("append_offset", now[0].pos == pos && pos == (off_t)(lines * LINE),
-          "append fd at offset %lld, expected %lld (%llu lines written)", (long long)now[0].pos, (long long)pos,
-          lines);
+    if (lines > MAX_LINES) die("more than %d lines", MAX_LINES);
+    CHECK("append_offset", offset_moved == 0, "the append fd was at %lld before a write, not at %lld where the last one left it",
+          (long long)moved_was, (long long)moved_expected);
+    CHECK("append_offset", now[0].pos == pos, "append fd at offset %lld, expected %lld", (long long)now[0].pos,
+          (long long)pos);
     {
         int r = open(wpath("append.log"), O_RDONLY | O_CLOEXEC);
         if (r < 0) DIE_ERRNO("append.log");
@@ -219,14 +246,20 @@ int main(int argc, char **argv)
         close(r);
         CHECK("append_lines", got >= pos, "append.log has %lld bytes, less than the fd's offset %lld",
               (long long)got, (long long)pos);
-        unsigned long long bad = 0, first = 0;
+        unsigned long long bad = 0, first = 0, contiguous = 0;
+        while (contiguous < lines && line_at[contiguous] == (off_t)(contiguous * LINE)) contiguous++;
         for (unsigned long long k = 0; got >= pos && k < lines; k++) {
             char want[32];
             snprintf(want, sizeof want, "%08llu\n", k);
-            if (memcmp(text + k * LINE, want, LINE) != 0 && bad++ == 0) first = k;
+            int ok = line_at[k] + LINE <= got && memcmp(text + line_at[k], want, LINE) == 0 &&
+                     (k == 0 || line_at[k] >= line_at[k - 1] + LINE);
+            if (!ok && bad++ == 0) first = k;
         }
-        CHECK("append_lines", bad == 0, "%llu of %llu lines of append.log are wrong, first line %llu", bad, lines,
-              first);
+        CHECK("append_lines", bad == 0, "%llu of the %llu lines written are not where they were written, first line %llu",
+              bad, lines, first);
+        CHECK("append_lines", contiguous >= lines_at_ready && lines_at_ready > 0,
+              "only the first %llu lines are contiguous from offset 0, %llu were written before ready", contiguous,
+              lines_at_ready);
         free(text);
     }
     /* A new line goes to the end of the file, whatever the offset. */
