@@ -92,7 +92,8 @@ describe('dump refuses', () => {
   test("another user's process", { timeout: TIMEOUT, skip: IS_ROOT ? 'running as root: every process is ours' : false }, async () => {
     const dir = tmpImageDir('pid1');
     const r = await dump({ pid: 1, dir });
-    assertRefused(r, 'dump --pid 1', /permission|not permitted|EPERM|EACCES|owned|another user|other user|not yours|not (in )?a crest job|not .*job/i);
+    assertRefused(r, 'dump --pid 1', /permission|not permitted|EPERM|EACCES|owned|belongs to|your own|another user|other user|not yours|not (in )?a crest job/i);
+    assert.match(r.stderr, /\b1\b/, describeResult('the message names pid 1', r));
     assert.ok(!hasManifest(dir));
     assert.equal(tracerPid(1), 0);
   });
