@@ -59,6 +59,7 @@ export const C_TARGETS = [
   'vdso_time',
   'files',
   'itimer',
+  'itimer_pending',
   'threads2',
   'forker',
   'sockfd',

@@ -68,6 +68,10 @@ test('itimer: ITIMER_REAL keeps ticking', { timeout: TIMEOUT }, async () => {
   await checkRoundTrip('itimer');
 });
 
+test('itimer_pending: the timer due, SIGALRM blocked and pending at the checkpoint', { timeout: TIMEOUT }, async () => {
+  await checkRoundTrip('itimer_pending');
+});
+
 test('py_loop: a python3 interpreter', { timeout: TIMEOUT }, async () => {
   await checkRoundTrip('py_loop');
 });

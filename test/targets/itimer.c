@@ -2,13 +2,26 @@
  * itimer: ITIMER_REAL every 50 ms, a SIGALRM handler counting ticks.
  * After go: the interval is still 50 ms and the timer armed; the tick count
  * did not go back; over ~300 ms at least 3 more ticks arrive.
+ *
+ * itimer_pending (built with -DPENDING_MODE): the same, but SIGALRM is
+ * blocked before ready and the timer has fired, so at the checkpoint a
+ * SIGALRM is pending and the kernel holds the timer unarmed (it re-arms a
+ * periodic ITIMER_REAL when the signal is dequeued): getitimer shows a zero
+ * value with a 50 ms interval. After go: SIGALRM is pending; unblocking it
+ * runs the handler and the timer ticks on.
  */
+#ifndef TARGET_NAME
 #define TARGET_NAME "itimer"
+#endif
 #include "common.h"
 #include <signal.h>
 #include <sys/time.h>
 
+#ifdef PENDING_MODE
+static const char *const KEYS[] = {"interval", "ticks", "counter", "pending", NULL};
+#else
 static const char *const KEYS[] = {"interval", "ticks", "counter", NULL};
+#endif
 
 static volatile unsigned long ticks;
 
@@ -30,10 +43,44 @@ int main(int argc, char **argv)
     if (setitimer(ITIMER_REAL, &it, NULL) != 0) DIE_ERRNO("setitimer");
 
     while (ticks < 2) sleep_ms(5);
+#ifdef PENDING_MODE
+    sigset_t alrm;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    sigprocmask(SIG_BLOCK, &alrm, NULL);
+    for (;;) {
+        sigset_t p;
+        sigemptyset(&p);
+        sigpending(&p);
+        if (sigismember(&p, SIGALRM)) break;
+        sleep_ms(5);
+    }
+#endif
     const unsigned long at_ready = ticks;
     write_filef("ticks", "%lu\n", at_ready);
     announce_ready();
     wait_go(NULL);
+
+#ifdef PENDING_MODE
+    if (sabotage("pending")) {
+        struct timespec zero = {0, 0};
+        sigtimedwait(&alrm, NULL, &zero);
+    }
+    {
+        sigset_t p;
+        sigemptyset(&p);
+        sigpending(&p);
+        CHECK("pending", sigismember(&p, SIGALRM), "SIGALRM is not pending");
+        struct itimerval held;
+        getitimer(ITIMER_REAL, &held);
+        CHECK("interval", held.it_interval.tv_sec == 0 && held.it_interval.tv_usec == 50000,
+              "interval (while SIGALRM is pending) is %ld.%06ld s, was 0.050000", (long)held.it_interval.tv_sec,
+              (long)held.it_interval.tv_usec);
+        unsigned long t = ticks;
+        sigprocmask(SIG_UNBLOCK, &alrm, NULL);
+        CHECK("pending", ticks == t + 1, "unblocking SIGALRM ran the handler %lu times, expected once", ticks - t);
+    }
+#endif
 
     if (sabotage("interval")) {
         struct itimerval slow = {{0, 100000}, {0, 100000}};
