@@ -109,6 +109,8 @@ export function tmpImageDir(label = 'img'): string {
 // ---------------------------------------------------------------- processes
 
 export interface ExitResult {
+  /** Its pid, which is also its process group's id (every process is spawned in its own group). */
+  pid: number;
   code: number | null;
   signal: NodeJS.Signals | null;
   stdout: string;
@@ -177,6 +179,7 @@ export function spawnTracked(argv: readonly string[], opts: SpawnOptions = {}): 
         settled = true;
         if (timer) clearTimeout(timer);
         const r: ExitResult = {
+          pid: child.pid ?? -1,
           code,
           signal,
           stdout: out,
@@ -323,6 +326,18 @@ function allPids(): number[] {
     .readdirSync('/proc')
     .filter((n) => /^[0-9]+$/.test(n))
     .map(Number);
+}
+
+/** Live processes of process group `pgid` (what a spawned process left behind, even re-parented). */
+export function processesInGroup(pgid: number): number[] {
+  return allPids().filter((p) => {
+    try {
+      const s = fs.readFileSync(`/proc/${p}/stat`, 'latin1');
+      return Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[2]) === pgid && processAlive(p);
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** Live processes (ours or not) one of whose arguments contains `needle`. */

@@ -8,12 +8,14 @@ import * as path from 'node:path';
 import { manifestChecksum } from '../../src/image/canonical.js';
 import {
   IS_ROOT,
+  type ExitResult,
   type Job,
   type TargetName,
   assertOk,
   assertPass,
   assertRefused,
   assertStillRunning,
+  cmdline,
   copyImage,
   createGo,
   describeResult,
@@ -25,6 +27,7 @@ import {
   jobTargetPids,
   pagesFile,
   processAlive,
+  processesInGroup,
   processesMentioning,
   readManifest,
   registerCleanup,
@@ -68,9 +71,15 @@ async function expectJobUntouched(job: Job, what: string): Promise<void> {
   assert.ok(!resumed(job.workDir), `${what}: the job went past its wait`);
 }
 
-/** A refused restore must not leave or create any process of the image or the job. */
-async function expectNoProcess(imageDir: string, workDir: string, what: string): Promise<void> {
+/**
+ * A refused restore must not leave or create any process: nothing in the
+ * process group of `crest restore` (its helper, a job's init, a husk), nothing
+ * naming the image or the job's directory, and the target never ran.
+ */
+async function expectNoProcess(r: ExitResult, imageDir: string, workDir: string, what: string): Promise<void> {
   await sleep(300);
+  const left = processesInGroup(r.pid);
+  assert.deepEqual(left, [], `${what}: crest restore left processes behind: ${left.map((p) => `${p} (${cmdline(p).join(' ')})`).join(', ')}`);
   assert.deepEqual(processesMentioning(workDir), [], `${what}: a process of the job's target exists`);
   assert.deepEqual(processesMentioning(imageDir), [], `${what}: a process working on the image exists`);
   assert.ok(!resumed(workDir), `${what}: a restored process ran (W/resumed exists)`);
@@ -189,7 +198,7 @@ describe('restore refuses a bad image, creating no process', () => {
     damage(dir);
     const r = await restore(dir, { timeoutMs: 60_000 });
     assertRefused(r, `restore of an image with ${label}`, message);
-    await expectNoProcess(dir, workDir, label);
+    await expectNoProcess(r, dir, workDir, label);
   }
 
   test('a truncated pages file', { timeout: TIMEOUT }, async () => {
@@ -267,7 +276,7 @@ describe('restore refuses a bad image, creating no process', () => {
     const dir = tmpImageDir('empty');
     const r = await restore(dir);
     assertRefused(r, 'restore of an empty directory', /not .*image|no .*manifest|manifest|empty/i);
-    await expectNoProcess(dir, await goodImage().then(() => workDir), 'an empty directory');
+    await expectNoProcess(r, dir, await goodImage().then(() => workDir), 'an empty directory');
   });
 
   test('a directory that is not an image', { timeout: TIMEOUT }, async () => {
@@ -276,7 +285,7 @@ describe('restore refuses a bad image, creating no process', () => {
     fs.writeFileSync(path.join(dir, 'data.bin'), Buffer.alloc(8192, 7));
     const r = await restore(dir);
     assertRefused(r, 'restore of a directory that is not an image', /not .*image|manifest/i);
-    await expectNoProcess(dir, await goodImage().then(() => workDir), 'a directory that is not an image');
+    await expectNoProcess(r, dir, await goodImage().then(() => workDir), 'a directory that is not an image');
   });
 
   test("a directory whose manifest is not crest's", { timeout: TIMEOUT }, async () => {
@@ -284,7 +293,7 @@ describe('restore refuses a bad image, creating no process', () => {
     fs.writeFileSync(path.join(dir, MANIFEST), JSON.stringify({ name: 'something else', version: 1 }) + '\n');
     const r = await restore(dir);
     assertRefused(r, "restore of a directory with someone else's manifest.json", /not .*(crest|image|manifest)|magic/i);
-    await expectNoProcess(dir, await goodImage().then(() => workDir), "someone else's manifest");
+    await expectNoProcess(r, dir, await goodImage().then(() => workDir), "someone else's manifest");
   });
 
   test('a directory that does not exist, naming it', { timeout: TIMEOUT }, async () => {
@@ -292,7 +301,7 @@ describe('restore refuses a bad image, creating no process', () => {
     const r = await restore(dir);
     assertRefused(r, 'restore of a missing directory', /not exist|no such|missing|not found|ENOENT/i);
     assert.ok(r.stderr.includes(dir), describeResult('the message names the directory', r));
-    await expectNoProcess(dir, await goodImage().then(() => workDir), 'a missing directory');
+    await expectNoProcess(r, dir, await goodImage().then(() => workDir), 'a missing directory');
   });
 
   test('(control) the undamaged image restores and runs to PASS', { timeout: TIMEOUT }, async () => {
