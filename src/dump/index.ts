@@ -186,9 +186,8 @@ export function dump(opts: DumpOptions): DumpResult {
           saveJob({ ...target.record, checkpointed: { dir: opts.dir, at: new Date().toISOString() } });
         }
         // The whole job goes: the process, then its init (which takes the namespace with it).
-        native().kill(pid, SIG.SIGKILL);
+        t.kill();
         native().kill(target.initPid, SIG.SIGKILL);
-        t.markDetached();
       } else {
         t.restoreOriginal();
         t.detach();

@@ -142,7 +142,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Nothing half-built survives: the husk dies with its tracer's grip
     // (EXITKILL), and the init takes the whole namespace with it.
     try {
-      if (thread) native().kill(thread.tid, SIG.SIGKILL);
+      if (thread) thread.kill();
       if (initPid) native().kill(initPid, SIG.SIGKILL);
     } catch {
       /* already gone */

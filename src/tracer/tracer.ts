@@ -296,6 +296,27 @@ export class Thread {
     }
   }
 
+  /**
+   * SIGKILLs the thread's process and collects the tracer's exit report: a
+   * traced zombie is reported to its tracer first, and until the tracer has
+   * seen it, the parent (the job's init) cannot reap it.
+   */
+  kill(): void {
+    if (this.detached) return;
+    this.closeMem();
+    const n = native();
+    try {
+      n.kill(this.tid, SIG.SIGKILL);
+      for (;;) {
+        const st = waitTask(this.tid, 5000);
+        if (st.kind !== 'stopped') break;
+      }
+    } catch {
+      /* already gone or reaped */
+    }
+    this.detached = true;
+  }
+
   markDetached(): void {
     this.closeMem();
     this.detached = true;
