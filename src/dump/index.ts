@@ -210,7 +210,7 @@ export function dump(opts: DumpOptions): DumpResult {
     if (!committed) writer.abort();
     if (thread) thread.release();
     if (!processExists(pid)) {
-      throw new CrestError('PROCESS_VANISHED', `pid ${pid} exited during the checkpoint; no image was written`, { cause: e });
+      throw new CrestError('PROCESS_VANISHED', `pid ${pid} exited during the checkpoint (${(e as Error).message}); no image was written`, { cause: e });
     }
     throw e;
   }
@@ -267,7 +267,7 @@ function injectionWindow(ctx: DumpContext): void {
   } finally {
     t.syscallRaw(SYS.munmap, scratch, SCRATCH_SIZE);
     ctx.scratch = 0;
-    t.restoreOriginal();
+    t.endInjection();
   }
 }
 

@@ -85,8 +85,12 @@ export const processAttrs: Kind = {
     }
     const itv = ctx.mem.alloc(32);
     ITIMERS.forEach((name, which) => {
-      const v = p.itimers[name];
+      const v = { ...p.itimers[name] };
       if (v.valueUs === 0 && v.intervalUs === 0) return;
+      // Expired with its signal still queued: the kernel re-arms such a timer
+      // when the signal is taken. setitimer cannot keep an interval without
+      // arming, so arm it to fire at once: its signal merges with the queued one.
+      if (v.valueUs === 0) v.valueUs = 1;
       const b = Buffer.alloc(32);
       b.writeBigInt64LE(BigInt(Math.floor(v.intervalUs / 1e6)), 0);
       b.writeBigInt64LE(BigInt(v.intervalUs % 1e6), 8);

@@ -245,6 +245,31 @@ export class Thread {
     this.injecting = false;
   }
 
+  /**
+   * Ends an injection window and leaves the thread in a plain interrupt stop
+   * with its own registers and mask. Single-stepping leaves the trap flag
+   * forced on (TIF_FORCED_TF); an explicit detach clears it, but if crest
+   * died later the kernel's implicit detach would not, and the process would
+   * die of SIGTRAP. Resuming once into a pending interrupt clears it without
+   * running a single user instruction.
+   */
+  endInjection(): void {
+    this.restoreOriginal();
+    const n = native();
+    n.ptraceInterrupt(this.tid);
+    n.ptraceCont(this.tid, 0);
+    for (;;) {
+      const st = waitTask(this.tid);
+      if (st.kind !== 'stopped') {
+        throw new CrestError('TASK_GONE', `task ${this.tid} ended while being frozen (${describeStatus(st)})`);
+      }
+      if (st.event === PTRACE_EVENT_STOP) break;
+      // A signal that arrived meanwhile: keep it for the image / for re-delivery.
+      this.caughtSignals.push(n.ptraceGetSiginfo(this.tid));
+      n.ptraceCont(this.tid, 0);
+    }
+  }
+
   /** Installs final registers and mask (restore), leaving the thread stopped. */
   install(regs: BigUint64Array, sigmask: bigint, xstate?: Buffer): void {
     const n = native();
