@@ -123,15 +123,41 @@ export const MmSchema = v.strictObject({
   auxv: base64,
 });
 
+/** Bytes of an fd kind (pipe or socket buffer, memfd contents) in a data file of the image. */
+export const DataRefSchema = v.strictObject({
+  /** Name of the data file (listed in the manifest's `files`). */
+  file: v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]+$/)),
+  offset: u,
+  length: u,
+});
+
+/** A lock held on an open file: POSIX record locks belong to the process, flock and OFD locks to the description. */
+const FileLockSchema = v.strictObject({
+  kind: v.picklist(['posix', 'ofd', 'flock']),
+  write: v.boolean(),
+  /** First byte locked. */
+  start: u,
+  /** Last byte locked (inclusive), null: to the end of the file, however long it grows. */
+  end: v.nullable(u),
+});
+
+/** Contents of a pipe or FIFO: its capacity (F_GETPIPE_SZ) and the bytes buffered in it. */
+const PipeBufferSchema = v.strictObject({
+  size: v.pipe(u, v.minValue(4096)),
+  /** Absent when the pipe was empty. */
+  data: v.optional(DataRefSchema),
+});
+
+const TimespecSchema = v.strictObject({ sec: u, nsec: v.pipe(u, v.maxValue(999_999_999)) });
+
 /**
  * One open file description, shared by every fd that refers to it (dup'd fds
  * share offset and status flags, so they are restored as one open + dups).
- * kind: file = a regular file or directory reopened by path;
- * chardev = a character device reopened by path (/dev/null, /dev/urandom ...);
- * stdio = the job's standard stream from outside (terminal or pipe): the
- * restored job gets the corresponding stream of `crest restore`.
+ * Every variant has `id` and `flags` (file status flags without O_CLOEXEC).
+ * See docs/image-format.md for what each kind holds and how it comes back.
  */
 export const OpenFileSchema = v.variant('kind', [
+  /** A regular file or directory reopened by path. */
   v.strictObject({
     kind: v.literal('file'),
     id: u,
@@ -139,7 +165,10 @@ export const OpenFileSchema = v.variant('kind', [
     /** File status flags (O_APPEND, O_NONBLOCK, access mode ...), without O_CLOEXEC. */
     flags: u,
     pos: u,
+    /** Locks held on the file (re-acquired at restore). */
+    locks: v.optional(v.array(FileLockSchema)),
   }),
+  /** A character device reopened by path (/dev/null, /dev/urandom ...). */
   v.strictObject({
     kind: v.literal('chardev'),
     id: u,
@@ -148,6 +177,10 @@ export const OpenFileSchema = v.variant('kind', [
     flags: u,
     pos: u,
   }),
+  /**
+   * The job's standard stream from outside (terminal or pipe): the restored
+   * job gets the corresponding stream of `crest restore`.
+   */
   v.strictObject({
     kind: v.literal('stdio'),
     id: u,
@@ -155,6 +188,163 @@ export const OpenFileSchema = v.variant('kind', [
     stream: v.picklist([0, 1, 2]),
     /** What it was, for `crest show`: "/dev/pts/3", "pipe:[1234]". */
     was: v.string(),
+  }),
+  /** eventfd: its counter and EFD_SEMAPHORE. */
+  v.strictObject({
+    kind: v.literal('eventfd'),
+    id: u,
+    flags: u,
+    count: hex64,
+    semaphore: v.boolean(),
+  }),
+  /** timerfd: clock, settime flags, time to the next expiry (relative), interval, expirations not yet read. */
+  v.strictObject({
+    kind: v.literal('timerfd'),
+    id: u,
+    flags: u,
+    clockid: u,
+    /** TFD_TIMER_ABSTIME (1), TFD_TIMER_CANCEL_ON_SET (2) as last given to timerfd_settime. */
+    settimeFlags: u,
+    ticks: u,
+    /** Time left to the next expiry at the checkpoint (0 0: disarmed). */
+    value: TimespecSchema,
+    interval: TimespecSchema,
+  }),
+  /** signalfd: the signals it reports. */
+  v.strictObject({
+    kind: v.literal('signalfd'),
+    id: u,
+    flags: u,
+    sigmask: hex64,
+  }),
+  /** epoll: its registrations (re-added once every fd is in place). */
+  v.strictObject({
+    kind: v.literal('epoll'),
+    id: u,
+    flags: u,
+    targets: v.array(
+      v.strictObject({
+        /** The fd number the registration was made with (its key, with the file). */
+        tfd: u,
+        /** Index into `files` of the description registered (usually the one at fd `tfd`). */
+        file: u,
+        /** EPOLLIN, EPOLLET ... as the kernel holds them (a fired EPOLLONESHOT keeps only the flag bits). */
+        events: u,
+        data: hex64,
+      }),
+    ),
+  }),
+  /** inotify: its watches, each with the path found for the watched inode. */
+  v.strictObject({
+    kind: v.literal('inotify'),
+    id: u,
+    flags: u,
+    watches: v.array(
+      v.strictObject({
+        wd: v.pipe(int, v.minValue(1)),
+        path: v.pipe(v.string(), v.startsWith('/')),
+        dev: u,
+        ino: u,
+        mask: u,
+      }),
+    ),
+  }),
+  /** One end of a pipe (both ends of every pipe are in the process, or the missing end was closed). */
+  v.strictObject({
+    kind: v.literal('pipe'),
+    id: u,
+    flags: u,
+    /** The pipe's inode at the checkpoint: the ends of one pipe share it. */
+    pipe: u,
+    /** Capacity and buffered bytes: on exactly one end of each pipe. */
+    buffer: v.optional(PipeBufferSchema),
+  }),
+  /** A FIFO (named pipe) reopened by path. */
+  v.strictObject({
+    kind: v.literal('fifo'),
+    id: u,
+    flags: u,
+    file: FileIdentitySchema,
+    /** Capacity and buffered bytes: on exactly one description of each FIFO. */
+    buffer: v.optional(PipeBufferSchema),
+  }),
+  /** A unix socket: one end of a connected pair held by this process, or a listening socket. */
+  v.strictObject({
+    kind: v.literal('unix'),
+    id: u,
+    flags: u,
+    type: v.picklist(['stream', 'dgram', 'seqpacket']),
+    /** The socket's inode at the checkpoint. */
+    ino: u,
+    /** pair: connected to `peer` (the inode of another unix entry); listen: accepting connections. */
+    state: v.picklist(['pair', 'listen']),
+    peer: v.optional(u),
+    /** listen: the backlog given to listen(2). */
+    backlog: v.optional(u),
+    /** The bound address (sun_path bytes, base64; an abstract name starts with a NUL byte). */
+    address: v.optional(base64),
+    /** For a name in the file system: the socket file's device and inode at the checkpoint. */
+    node: v.optional(v.strictObject({ dev: u, ino: u })),
+    /** The receive queue: its bytes and, for dgram/seqpacket, each message's length in order. */
+    queue: v.optional(v.strictObject({ data: DataRefSchema, messages: v.optional(v.array(u)) })),
+    /** SO_PEEK_OFF (-1: off). */
+    peekOff: int,
+    /** SO_RCVBUF and SO_SNDBUF as getsockopt reports them. */
+    rcvbuf: u,
+    sndbuf: u,
+  }),
+  /** A TCP or UDP socket that is bound (and, for TCP, maybe listening), not connected. */
+  v.strictObject({
+    kind: v.literal('inet'),
+    id: u,
+    flags: u,
+    family: v.picklist([4, 6]),
+    protocol: v.picklist(['tcp', 'udp']),
+    state: v.picklist(['listen', 'bound']),
+    /** Bound address: dotted quad or IPv6 text. */
+    address: v.string(),
+    port: v.pipe(u, v.maxValue(65535)),
+    /** listen: the backlog (the kernel's sk_max_ack_backlog, from TCP_INFO). */
+    backlog: v.optional(u),
+    reuseaddr: v.boolean(),
+    reuseport: v.boolean(),
+    /** IPv6 only. */
+    v6only: v.optional(v.boolean()),
+    /** TCP only. */
+    nodelay: v.optional(v.boolean()),
+    rcvbuf: u,
+    sndbuf: u,
+  }),
+  /** A memfd (memfd_create): name, contents, seals, offset. */
+  v.strictObject({
+    kind: v.literal('memfd'),
+    id: u,
+    flags: u,
+    pos: u,
+    /** The name given to memfd_create (without the "memfd:" prefix). */
+    name: v.string(),
+    /** The inode at the checkpoint: descriptions of one memfd share it. */
+    inode: u,
+    size: u,
+    /** F_GET_SEALS. */
+    seals: u,
+    mode: u,
+    /** Contents (absent when empty); on one description of each memfd. */
+    data: v.optional(DataRefSchema),
+  }),
+  /** A regular file deleted while open: recreated as an unlinked file (O_TMPFILE) in the same directory. */
+  v.strictObject({
+    kind: v.literal('deleted'),
+    id: u,
+    flags: u,
+    pos: u,
+    /** The path it had (without " (deleted)"). */
+    path: v.pipe(v.string(), v.startsWith('/')),
+    inode: u,
+    size: u,
+    mode: u,
+    data: v.optional(DataRefSchema),
+    locks: v.optional(v.array(FileLockSchema)),
   }),
 ]);
 
@@ -249,5 +439,6 @@ export type VmaImage = v.InferOutput<typeof VmaSchema>;
 export type OpenFileImage = v.InferOutput<typeof OpenFileSchema>;
 export type FdImage = v.InferOutput<typeof FdSchema>;
 export type FileIdentity = v.InferOutput<typeof FileIdentitySchema>;
+export type DataRef = v.InferOutput<typeof DataRefSchema>;
 export type Regs = v.InferOutput<typeof RegsSchema>;
 export type SigactionImage = v.InferOutput<typeof SigactionSchema>;

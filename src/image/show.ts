@@ -165,6 +165,28 @@ function describeFile(f: OpenFileImage | undefined): string {
       return `chardev ${f.path}  ${openFlags(f.flags)}  pos ${f.pos}`;
     case 'stdio':
       return `stdio: restored as crest's ${['stdin', 'stdout', 'stderr'][f.stream]} (was ${f.was})`;
+    case 'eventfd':
+      return `eventfd  count ${BigInt(f.count)}${f.semaphore ? '  semaphore' : ''}  ${openFlags(f.flags)}`;
+    case 'timerfd':
+      return `timerfd  clock ${f.clockid}  next in ${f.value.sec}.${String(f.value.nsec).padStart(9, '0')} s  interval ${f.interval.sec}.${String(f.interval.nsec).padStart(9, '0')} s  ticks ${f.ticks}`;
+    case 'signalfd':
+      return `signalfd  ${maskSignals(f.sigmask)}  ${openFlags(f.flags)}`;
+    case 'epoll':
+      return `epoll  ${f.targets.length} registrations (fds ${f.targets.map((x) => x.tfd).join(', ') || 'none'})`;
+    case 'inotify':
+      return `inotify  ${f.watches.map((w) => `${w.wd}:${w.path}`).join(', ') || 'no watches'}`;
+    case 'pipe':
+      return `pipe [${f.pipe}] ${(f.flags & 3) === 0 ? 'read' : 'write'} end${f.buffer ? `  ${f.buffer.data?.length ?? 0} bytes buffered (capacity ${f.buffer.size})` : ''}`;
+    case 'fifo':
+      return `fifo ${f.file.path}  ${openFlags(f.flags)}${f.buffer ? `  ${f.buffer.data?.length ?? 0} bytes buffered` : ''}`;
+    case 'unix':
+      return `unix ${f.type} ${f.state}${f.state === 'listen' ? ` (backlog ${f.backlog})` : ` peer [${f.peer}]`}${f.queue ? `  ${f.queue.data.length} bytes queued` : ''}`;
+    case 'inet':
+      return `${f.protocol}${f.family === 6 ? '6' : ''} ${f.state} ${f.family === 6 ? `[${f.address}]` : f.address}:${f.port}${f.backlog !== undefined ? ` (backlog ${f.backlog})` : ''}`;
+    case 'memfd':
+      return `memfd:${f.name}  ${f.size} bytes  seals 0x${f.seals.toString(16)}  pos ${f.pos}`;
+    case 'deleted':
+      return `deleted file ${f.path}  ${f.size} bytes  ${openFlags(f.flags)}  pos ${f.pos}`;
   }
 }
 

@@ -1,49 +1,38 @@
-// File descriptors. Fds that share one open file description (dup, fork)
-// are found with kcmp and restored as one open plus dups, so they keep sharing
-// offset and status flags. Kinds handled here: regular files and directories
-// (reopened by path, checked to be the same file, offset restored), character
-// devices reopened by path, and the job's standard streams from outside
-// (terminal or pipe), which become the corresponding streams of `crest restore`.
-import { readdirSync, readlinkSync, statSync, type Stats } from 'node:fs';
+// File descriptors: the driver over the fd kinds of ./fds/ (one module per
+// kind of open file, listed in ./fds/registry.ts). What every fd shares lives
+// here: listing the fd table, grouping the fds that share one open file
+// description (dup, fork: found with kcmp, restored as one open plus dups so
+// they keep sharing offset and status flags), the order of the kinds' hooks,
+// the placement of every description at its fd number, and close-on-exec.
+// An fd no kind matches is refused with the pid, the fd and what it is.
+import { readdirSync, readlinkSync, statSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { native } from '../sys/native.js';
 import { readFdinfo } from '../proc/index.js';
-import { F, KCMP_FILE, O, SYS } from '../sys/constants.js';
+import { KCMP_FILE, MAP, O, PROT } from '../sys/constants.js';
 import { CrestError } from '../sys/errors.js';
-import type { FdImage, OpenFileImage } from '../image/schema.js';
-import { fileIdentity, sameFile } from './fileid.js';
-import { unsupported, type DumpContext, type Kind, type RestoreContext } from './types.js';
+import type { DataRef, FdImage, Manifest, OpenFileImage, ProcessImage } from '../image/schema.js';
+import type { DataFile } from '../image/writer.js';
+import { FD_KINDS, fdKind } from './fds/registry.js';
+import { FCNTL, NR } from './fds/abi.js';
+import { call, raw } from './fds/inject.js';
+import { refuseFd, type FdCheckContext, type FdDumpContext, type AnyFdKind, type FdProbe, type FdRestoreContext } from './fds/types.js';
+import type { DumpContext, Kind, RestoreContext } from './types.js';
 
-/** What kind of object an fd's /proc link names, for refusals. */
+/** What kind of object an fd's /proc link names, for refusals: "socket", "eventpoll", "userfaultfd" ... */
 function objectKind(link: string): string {
   const m = /^(?:anon_inode:\[?([a-z_]+)\]?|([a-z]+):\[\d+\])$/.exec(link);
   if (m) return m[1] ?? m[2] ?? link;
   return link;
 }
 
-const TTY_MAJORS = new Set([4, 5, 136, 137, 138, 139, 140, 141, 142, 143]);
-const major = (rdev: number): number => (Math.floor(rdev / 256) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
-
-interface FdProbe {
-  fd: number;
-  link: string;
-  st: Stats;
-}
-
-function listFds(pid: number): FdProbe[] {
-  const fds = readdirSync(`/proc/${pid}/fd`).map(Number).sort((a, b) => a - b);
-  return fds.map((fd) => {
-    const link = readlinkSync(`/proc/${pid}/fd/${fd}`);
-    return { fd, link, st: statSync(`/proc/${pid}/fd/${fd}`) };
-  });
-}
-
 /** The init's standard stream that `fd` of the process shares, if any. */
-function outsideStream(ctx: Pick<DumpContext, 'hostPid' | 'initHostPid'>, fd: number): 0 | 1 | 2 | null {
-  if (ctx.initHostPid === null) return null;
+function outsideStream(pid: number, initPid: number | null, fd: number): 0 | 1 | 2 | null {
+  if (initPid === null) return null;
   const n = native();
   for (const s of [0, 1, 2] as const) {
     try {
-      if (n.kcmp(ctx.hostPid, ctx.initHostPid, KCMP_FILE, fd, s) === 0) return s;
+      if (n.kcmp(pid, initPid, KCMP_FILE, fd, s) === 0) return s;
     } catch {
       /* init has no such fd */
     }
@@ -51,56 +40,128 @@ function outsideStream(ctx: Pick<DumpContext, 'hostPid' | 'initHostPid'>, fd: nu
   return null;
 }
 
-/** Refuses an fd this kind cannot restore. */
-function checkFd(ctx: Pick<DumpContext, 'hostPid' | 'initHostPid'>, p: FdProbe): void {
-  const { st, link, fd } = p;
-  if (st.isFile() || st.isDirectory()) {
-    if (link.endsWith(' (deleted)')) throw unsupported(ctx.hostPid, `fd ${fd}`, `file ${link} was deleted (not supported yet)`);
-    if (!link.startsWith('/')) throw unsupported(ctx.hostPid, `fd ${fd}`, `${link} is not reachable by path`);
-    return;
+/**
+ * The fd table of `pid`, in fd order, each fd with the lowest fd sharing its
+ * description. An fd that closes while we look (the process still runs
+ * during the check) is left out.
+ */
+function probeFds(pid: number, initPid: number | null): FdProbe[] {
+  const n = native();
+  const nums = readdirSync(`/proc/${pid}/fd`).map(Number).sort((a, b) => a - b);
+  const out: FdProbe[] = [];
+  const reps: FdProbe[] = [];
+  for (const fd of nums) {
+    let p: FdProbe;
+    try {
+      const link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      const st = statSync(`/proc/${pid}/fd/${fd}`);
+      const info = readFdinfo(pid, fd);
+      // A regular file the job's stdout was redirected to stays a file (reopened by path, offset kept).
+      const stream = st.isFile() || st.isDirectory() ? null : outsideStream(pid, initPid, fd);
+      p = { fd, link, st, info, stream, rep: fd };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw e;
+    }
+    const same = reps.find((r) => r.st.dev === p.st.dev && r.st.ino === p.st.ino && n.kcmp(pid, pid, KCMP_FILE, r.fd, p.fd) === 0);
+    if (same) p.rep = same.fd;
+    else reps.push(p);
+    out.push(p);
   }
-  if (outsideStream(ctx, fd) !== null) return;
-  if (st.isCharacterDevice() && link.startsWith('/dev/') && !TTY_MAJORS.has(major(st.rdev))) return;
-  const what = st.isCharacterDevice() ? 'terminal' : objectKind(link);
-  throw unsupported(ctx.hostPid, `fd ${fd}`, `${what} (${link}) is not supported yet`);
+  return out;
+}
+
+/** The kind that handles `p`, or the refusal naming pid, fd and what it is. */
+function kindOf(p: FdProbe, pid: number): AnyFdKind {
+  const k = FD_KINDS.find((x) => x.match(p));
+  if (k) return k;
+  const what = objectKind(p.link);
+  throw refuseFd(pid, p.fd, what, `${what} (${p.link}) is not supported yet`);
+}
+
+/** Runs every kind's check over the table: the refusals that need only /proc. */
+function checkAll(cctx: FdCheckContext): Map<number, AnyFdKind> {
+  const kinds = new Map<number, AnyFdKind>();
+  for (const p of cctx.fds) {
+    if (p.rep !== p.fd) continue;
+    const k = kindOf(p, cctx.hostPid);
+    k.check?.(p, cctx);
+    kinds.set(p.fd, k);
+  }
+  return kinds;
+}
+
+/** What the injection window found, kept for the collect stage. */
+interface DumpState {
+  fds: FdProbe[];
+  kinds: Map<number, AnyFdKind>;
+  /** Description id by representative fd. */
+  ids: Map<number, number>;
+  injected: Map<number, unknown>;
+  data: { file: DataFile | null; name: string };
+}
+const dumpStates = new WeakMap<DumpContext, DumpState>();
+
+function fdContext(ctx: DumpContext, st: DumpState): FdDumpContext {
+  const fctx = Object.create(ctx) as FdDumpContext;
+  Object.assign(fctx, {
+    fds: st.fds,
+    idOf: (fd: number) => {
+      const p = st.fds.find((x) => x.fd === fd);
+      return p === undefined ? undefined : st.ids.get(p.rep);
+    },
+    putData: (bytes: Buffer): DataRef => {
+      st.data.file ??= ctx.writer.openData(st.data.name);
+      const offset = st.data.file.size;
+      st.data.file.write(bytes);
+      return { file: st.data.name, offset, length: bytes.length };
+    },
+  });
+  return fctx;
+}
+
+function prepareDump(ctx: DumpContext): DumpState {
+  const fds = probeFds(ctx.hostPid, ctx.initHostPid);
+  // Frozen now: the table cannot change any more; check again what the running process had.
+  const kinds = checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, fds });
+  const ids = new Map<number, number>();
+  for (const p of fds) if (p.rep === p.fd) ids.set(p.fd, ids.size);
+  const st: DumpState = { fds, kinds, ids, injected: new Map(), data: { file: null, name: `fds-${ctx.nsPid}.img` } };
+  dumpStates.set(ctx, st);
+  return st;
 }
 
 export const files: Kind = {
   name: 'files',
   check(ctx) {
-    for (const p of listFds(ctx.hostPid)) checkFd(ctx, p);
+    checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, fds: probeFds(ctx.hostPid, ctx.initHostPid) });
+  },
+  dumpInjected(ctx) {
+    const st = prepareDump(ctx);
+    const fctx = fdContext(ctx, st);
+    for (const p of st.fds) {
+      const k = st.kinds.get(p.fd);
+      if (!k?.inject) continue;
+      ctx.mem.reset();
+      st.injected.set(p.fd, k.inject(p, fctx));
+    }
   },
   dump(ctx) {
-    const pid = ctx.hostPid;
-    const n = native();
+    const st = dumpStates.get(ctx) ?? prepareDump(ctx);
+    const fctx = fdContext(ctx, st);
     const openFiles: OpenFileImage[] = [];
     const fds: FdImage[] = [];
-    // Representative fd of each open file found so far, to group dups.
-    const reps: { fd: number; dev: number; ino: number; index: number }[] = [];
-    for (const p of listFds(pid)) {
-      checkFd(ctx, p);
-      const info = readFdinfo(pid, p.fd);
-      const cloexec = (info.flags & O.CLOEXEC) !== 0;
-      const same = reps.find((r) => r.dev === p.st.dev && r.ino === p.st.ino && n.kcmp(pid, pid, KCMP_FILE, r.fd, p.fd) === 0);
-      if (same) {
-        fds.push({ fd: p.fd, file: same.index, cloexec });
-        continue;
+    for (const p of st.fds) {
+      const cloexec = (p.info.flags & O.CLOEXEC) !== 0;
+      const id = st.ids.get(p.rep)!;
+      if (p.rep === p.fd) {
+        const k = st.kinds.get(p.fd)!;
+        if (k.inject && !st.injected.has(p.fd)) throw new CrestError('INTERNAL', `fd ${p.fd} (${k.name}) was not seen in the injection window`);
+        openFiles.push(k.dump(p, fctx, id, st.injected.get(p.fd)));
       }
-      const id = openFiles.length;
-      const flags = info.flags & ~O.CLOEXEC;
-      let of: OpenFileImage;
-      const stream = p.st.isFile() || p.st.isDirectory() ? null : outsideStream(ctx, p.fd);
-      if (stream !== null) {
-        of = { kind: 'stdio', id, stream, was: p.link };
-      } else if (p.st.isFile() || p.st.isDirectory()) {
-        of = { kind: 'file', id, file: fileIdentity(p.link, `/proc/${pid}/fd/${p.fd}`), flags, pos: info.pos };
-      } else {
-        of = { kind: 'chardev', id, path: p.link, rdev: p.st.rdev, flags, pos: info.pos };
-      }
-      openFiles.push(of);
-      reps.push({ fd: p.fd, dev: p.st.dev, ino: p.st.ino, index: id });
       fds.push({ fd: p.fd, file: id, cloexec });
     }
+    st.data.file?.close();
     ctx.proc.files = openFiles;
     ctx.proc.fds = fds;
   },
@@ -109,82 +170,111 @@ export const files: Kind = {
   },
 };
 
-/** Checks before any process exists that every file to reopen is still the one the process had. */
-export function preflightFiles(proc: RestoreContext['proc']): void {
+/** Checks before any process exists that every open file can be rebuilt here (files unchanged, data present ...). */
+export function preflightFiles(proc: ProcessImage, manifest?: Manifest): void {
   for (const f of proc.files) {
-    if (f.kind === 'file') {
-      let st;
-      try {
-        st = statSync(f.file.path);
-      } catch (e) {
-        throw new CrestError('FILE_MISSING', `open file ${f.file.path} is missing: ${(e as Error).message}`, { cause: e });
-      }
-      if (!sameFile(f.file, st)) {
-        throw new CrestError('FILE_CHANGED', `open file ${f.file.path} is not the file the process had (replaced since the checkpoint)`);
-      }
-    } else if (f.kind === 'chardev') {
-      const st = statSync(f.path);
-      if (!st.isCharacterDevice() || st.rdev !== f.rdev) {
-        throw new CrestError('FILE_CHANGED', `${f.path} is not the same device it was at checkpoint time`);
-      }
-    }
+    if (manifest) for (const ref of dataRefs(f)) checkDataRef(ref, manifest, f);
+    const k = fdKind(f.kind);
+    k.preflight?.(f as never, { manifest: manifest as Manifest, proc });
+  }
+}
+
+/** The data refs an open file image holds. */
+function dataRefs(f: OpenFileImage): DataRef[] {
+  const out: DataRef[] = [];
+  if ('buffer' in f && f.buffer?.data) out.push(f.buffer.data);
+  if ('data' in f && f.data) out.push(f.data);
+  if ('queue' in f && f.queue) out.push(f.queue.data);
+  return out;
+}
+
+function checkDataRef(ref: DataRef, m: Manifest, f: OpenFileImage): void {
+  const entry = m.files[ref.file];
+  if (!entry || ref.offset + ref.length > entry.size) {
+    throw new CrestError(
+      'IMAGE_INVALID',
+      `open file ${f.id} (${f.kind}) refers to bytes ${ref.offset}+${ref.length} of ${ref.file}, ${entry ? `which has ${entry.size}` : 'which the image does not list'}`,
+    );
   }
 }
 
 /**
- * Opens every file in the husk at a high fd, then dups each into its place.
- * Going through high fds first means no target number is taken before its
- * turn, whatever the order; the husk's own stdio (from `crest restore`) is
- * parked the same way before fds 0-2 are reused.
+ * Rebuilds every open file in the husk at a high fd, then dups each into
+ * its place. Going through high fds first means no target number is taken
+ * before its turn, whatever the order; the husk's own stdio (from `crest
+ * restore`) is parked the same way before fds 0-2 are reused. Kinds whose
+ * state refers to other fds (epoll registrations, locks) finish once every
+ * fd is in place; the high fds and the mapped data file go last.
  */
 function restoreFds(ctx: RestoreContext): void {
-  const t = ctx.thread;
-  const maxFd = Math.max(2, ...ctx.proc.fds.map((f) => f.fd));
+  const proc = ctx.proc;
+  const maxFd = Math.max(2, ...proc.fds.map((f) => f.fd));
   const base = maxFd + 1;
-  const high: number[] = [];
-  const dupHigh = (fd: number, what: string): number => {
-    const h = Number(t.syscall('fcntl', `move ${what} out of the way`, SYS.fcntl, fd, F.DUPFD_CLOEXEC, base));
-    high.push(h);
+  const high = new Set<number>();
+  const keep = (fd: number, what: string): number => {
+    if (fd >= base) {
+      high.add(fd);
+      return fd;
+    }
+    const h = call(ctx, 'fcntl', `move ${what} out of the way`, NR.fcntl, fd, FCNTL.DUPFD_CLOEXEC, base);
+    raw(ctx, NR.close, fd);
+    high.add(h);
     return h;
   };
-  const std: (number | null)[] = [0, 1, 2].map((s) => {
-    const r = t.syscallRaw(SYS.fcntl, s, F.DUPFD_CLOEXEC, base);
-    if (r < 0n) return null;
-    high.push(Number(r));
-    return Number(r);
+  const shared = new Map<string, unknown>();
+  const needStream = new Set(proc.files.flatMap((f) => (f.kind === 'stdio' ? [f.stream] : [])));
+  for (const s of [0, 1, 2] as const) {
+    const r = raw(ctx, NR.fcntl, s, FCNTL.DUPFD_CLOEXEC, base);
+    if (r >= 0) {
+      high.add(r);
+      shared.set(`stdio:${s}`, r);
+    } else if (needStream.has(s)) {
+      ctx.mem.reset();
+      const tmp = call(ctx, 'openat', 'open /dev/null for a closed stream', NR.openat, -100, ctx.mem.str('/dev/null'), O.RDWR | O.CLOEXEC, 0);
+      shared.set(`stdio:${s}`, keep(tmp, '/dev/null'));
+    }
+  }
+  const mapped = new Map<string, number>();
+  const fctx = Object.create(ctx) as FdRestoreContext;
+  Object.assign(fctx, {
+    files: proc.files,
+    fdsOf: (id: number) => proc.fds.filter((f) => f.file === id),
+    keep,
+    shared,
+    dataAt: (ref: DataRef): number => {
+      checkDataRef(ref, ctx.manifest, { kind: 'stdio', id: 0, stream: 0, was: '(restore)' });
+      let at = mapped.get(ref.file);
+      if (at === undefined) {
+        const size = ctx.manifest.files[ref.file]!.size;
+        const path = resolve(ctx.dir, ref.file);
+        ctx.mem.reset();
+        const fd = call(ctx, 'openat', `open ${path}`, NR.openat, -100, ctx.mem.str(path), O.RDONLY | O.CLOEXEC, 0);
+        try {
+          at = call(ctx, 'mmap', `map ${path}`, NR.mmap, 0, size, PROT.READ, MAP.PRIVATE, fd, 0);
+        } finally {
+          raw(ctx, NR.close, fd);
+        }
+        mapped.set(ref.file, at);
+      }
+      return at + ref.offset;
+    },
   });
-  const opened = new Map<number, number>();
-  for (const f of ctx.proc.files) {
+  const opened: number[] = [];
+  proc.files.forEach((f, index) => {
     ctx.mem.reset();
-    if (f.kind === 'stdio') {
-      let h = std[f.stream] ?? null;
-      if (h === null) {
-        const tmp = Number(t.syscall('openat', 'open /dev/null for a closed stream', SYS.openat, -100, ctx.mem.str('/dev/null'), O.RDWR, 0));
-        h = dupHigh(tmp, '/dev/null');
-        t.syscall('close', 'close temporary fd', SYS.close, tmp);
-      }
-      opened.set(f.id, h);
-      continue;
-    }
-    const path = f.kind === 'file' ? f.file.path : f.path;
-    const flags = (f.flags & ~(O.CREAT | O.EXCL | O.TRUNC)) | O.NOCTTY;
-    const tmp = Number(t.syscall('openat', `open ${path}`, SYS.openat, -100, ctx.mem.str(path), flags, 0));
-    const h = dupHigh(tmp, path);
-    t.syscall('close', 'close temporary fd', SYS.close, tmp);
-    if (f.kind === 'file') {
-      const st = statSync(`/proc/${ctx.huskHostPid}/fd/${h}`);
-      if (!sameFile(f.file, st)) {
-        throw new CrestError('FILE_CHANGED', `open file ${path} changed while restoring`);
-      }
-      if (f.pos > 0) t.syscall('lseek', `seek ${path} to ${f.pos}`, SYS.lseek, h, f.pos, 0);
-    }
-    opened.set(f.id, h);
+    const h = fdKind(f.kind).restore(f as never, fctx);
+    opened[index] = keep(h, `${f.kind} ${index}`);
+  });
+  const targets = new Set(proc.fds.map((f) => f.fd));
+  for (const s of [0, 1, 2]) if (!targets.has(s)) raw(ctx, NR.close, s);
+  for (const f of proc.fds) {
+    call(ctx, 'dup3', `place fd ${f.fd}`, NR.dup3, opened[f.file]!, f.fd, f.cloexec ? O.CLOEXEC : 0);
   }
-  const targets = new Set(ctx.proc.fds.map((f) => f.fd));
-  for (const s of [0, 1, 2]) if (!targets.has(s)) t.syscallRaw(SYS.close, s);
-  for (const f of ctx.proc.fds) {
-    const src = opened.get(f.file)!;
-    t.syscall('dup3', `place fd ${f.fd}`, SYS.dup3, src, f.fd, f.cloexec ? O.CLOEXEC : 0);
-  }
-  for (const h of high) t.syscallRaw(SYS.close, h);
+  const fdOf = (index: number): number => proc.fds.find((f) => f.file === index)?.fd ?? opened[index]!;
+  proc.files.forEach((f) => {
+    ctx.mem.reset();
+    fdKind(f.kind).afterPlaced?.(f as never, fctx, fdOf);
+  });
+  for (const h of high) raw(ctx, NR.close, h);
+  for (const [name, at] of mapped) raw(ctx, NR.munmap, at, ctx.manifest.files[name]!.size);
 }

@@ -1,0 +1,17 @@
+// The one list of fd kinds, in matching order: the first kind whose match()
+// accepts an fd handles it (the job's standard streams from outside come
+// before anything else, memfds and deleted files before plain files).
+import type { OpenFileImage } from '../../image/schema.js';
+import type { AnyFdKind } from './types.js';
+import { stdio } from './stdio.js';
+import { file } from './file.js';
+import { chardev } from './chardev.js';
+
+export const FD_KINDS: readonly AnyFdKind[] = [stdio, file, chardev];
+
+/** The kind that restores images of kind `name`; an unknown name is a programming error. */
+export function fdKind(name: OpenFileImage['kind']): AnyFdKind {
+  const k = FD_KINDS.find((x) => x.name === name);
+  if (!k) throw new Error(`no fd kind restores "${name}" open files`);
+  return k;
+}
