@@ -19,6 +19,8 @@ import { call, raw } from './fds/inject.js';
 import { refuseFd, type FdCheckContext, type FdDumpContext, type AnyFdKind, type FdProbe, type FdRestoreContext } from './fds/types.js';
 import type { DumpContext, Kind, RestoreContext } from './types.js';
 
+const O_ASYNC = 0o20000;
+
 /** What kind of object an fd's /proc link names, for refusals: "socket", "eventpoll", "userfaultfd" ... */
 function objectKind(link: string): string {
   const m = /^(?:anon_inode:\[?([a-z_]+)\]?|([a-z]+):\[\d+\])$/.exec(link);
@@ -85,6 +87,9 @@ function checkAll(cctx: FdCheckContext): Map<number, AnyFdKind> {
   for (const p of cctx.fds) {
     if (p.rep !== p.fd) continue;
     const k = kindOf(p, cctx.hostPid);
+    if (k.name !== 'stdio' && (p.info.flags & O_ASYNC) !== 0) {
+      throw refuseFd(cctx.hostPid, p.fd, k.name, 'O_ASYNC (signal-driven I/O: its owner and signal) is not supported yet');
+    }
     k.check?.(p, cctx);
     kinds.set(p.fd, k);
   }
@@ -169,6 +174,20 @@ export const files: Kind = {
     restoreFds(ctx);
   },
 };
+
+/** The status flags F_SETFL changes (fs/fcntl.c SETFL_MASK). */
+const SETFL_MASK = O.APPEND | O.NONBLOCK | O_ASYNC | 0o40000 /* O_DIRECT */ | 0o1000000; /* O_NOATIME */
+
+/** Gives a rebuilt description exactly the recorded status flags (access mode checked, the changeable ones set). */
+function matchFlags(ctx: FdRestoreContext, fd: number, want: number, what: string): void {
+  const cur = call(ctx, 'fcntl', `read the status flags of ${what}`, NR.fcntl, fd, FCNTL.GETFL, 0);
+  if ((cur & O.ACCMODE) !== (want & O.ACCMODE)) {
+    throw new CrestError('RESTORE_MISMATCH', `${what} came back with access mode ${cur & O.ACCMODE}, not ${want & O.ACCMODE}`);
+  }
+  if ((cur & SETFL_MASK) !== (want & SETFL_MASK)) {
+    call(ctx, 'fcntl', `set the status flags of ${what}`, NR.fcntl, fd, FCNTL.SETFL, (cur & ~SETFL_MASK) | (want & SETFL_MASK));
+  }
+}
 
 /** Checks before any process exists that every open file can be rebuilt here (files unchanged, data present ...). */
 export function preflightFiles(proc: ProcessImage, manifest?: Manifest): void {
@@ -262,8 +281,9 @@ function restoreFds(ctx: RestoreContext): void {
   const opened: number[] = [];
   proc.files.forEach((f, index) => {
     ctx.mem.reset();
-    const h = fdKind(f.kind).restore(f as never, fctx);
-    opened[index] = keep(h, `${f.kind} ${index}`);
+    const h = keep(fdKind(f.kind).restore(f as never, fctx), `${f.kind} ${index}`);
+    if (f.kind !== 'stdio') matchFlags(fctx, h, f.flags, `${f.kind} ${index}`);
+    opened[index] = h;
   });
   const targets = new Set(proc.fds.map((f) => f.fd));
   for (const s of [0, 1, 2]) if (!targets.has(s)) raw(ctx, NR.close, s);

@@ -33,6 +33,7 @@ export const NR = {
   ftruncate: 77,
   fchmod: 91,
   clock_gettime: 228,
+  epoll_wait: 232,
   epoll_ctl: 233,
   inotify_add_watch: 254,
   inotify_rm_watch: 255,

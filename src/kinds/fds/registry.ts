@@ -6,8 +6,12 @@ import type { AnyFdKind } from './types.js';
 import { stdio } from './stdio.js';
 import { file } from './file.js';
 import { chardev } from './chardev.js';
+import { eventfd } from './eventfd.js';
+import { signalfd } from './signalfd.js';
+import { timerfd } from './timerfd.js';
+import { epoll } from './epoll.js';
 
-export const FD_KINDS: readonly AnyFdKind[] = [stdio, file, chardev];
+export const FD_KINDS: readonly AnyFdKind[] = [stdio, file, chardev, eventfd, signalfd, timerfd, epoll];
 
 /** The kind that restores images of kind `name`; an unknown name is a programming error. */
 export function fdKind(name: OpenFileImage['kind']): AnyFdKind {

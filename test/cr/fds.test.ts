@@ -1,0 +1,127 @@
+// The fd kinds (src/kinds/fds/): for each kind a target (test/targets/fd_*.c)
+// sets up its open files at fixed fds; it must pass alone, each of its checks
+// must fail when sabotaged, and it must pass after a checkpoint (which kills
+// it) and a restore. Pipes and socketpairs are also dumped --leave-running:
+// the running process must see exactly its data. Refusals (an established
+// TCP connection, a pipe to outside the job ...) leave the process running,
+// untraced, to finish normally.
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  type Job,
+  type TargetName,
+  assertOk,
+  assertPass,
+  assertRefused,
+  assertStillRunning,
+  createGo,
+  describeResult,
+  dump,
+  expectCheckpointed,
+  expectKilled,
+  expectRunningUntraced,
+  jobTargetPids,
+  readManifest,
+  registerCleanup,
+  restore,
+  resumed,
+  roundTrip,
+  runTargetDirect,
+  startJob,
+  targetArgv,
+  tmpImageDir,
+  withTimeout,
+} from '../harness.js';
+
+registerCleanup();
+
+const TIMEOUT = 180_000;
+
+/** The fd targets are not in the harness's list of targets; they run the same way. */
+function target(name: string): TargetName {
+  return name as TargetName;
+}
+
+function sabotageKeys(t: TargetName): string[] {
+  const [cmd, ...args] = targetArgv(t, '--sabotage-list');
+  return execFileSync(cmd as string, args, { encoding: 'utf8' })
+    .split('\n')
+    .filter((l) => l.length > 0);
+}
+
+/** The target passes alone, and each of its checks fails when its state is corrupted. */
+async function checksCanFail(t: TargetName, extra: string[] = []): Promise<void> {
+  const ok = await runTargetDirect(t, { extra });
+  assert.ok(ok.code === 0 && ok.stdout.trim() === `PASS ${t}`, describeResult(`${t} without crest`, ok));
+  for (const key of sabotageKeys(t)) {
+    const r = await runTargetDirect(t, { extra, env: { CREST_TEST_SABOTAGE: key } });
+    const what = `${t} with CREST_TEST_SABOTAGE=${key}`;
+    assert.equal(r.code, 1, describeResult(what, r));
+    assert.ok(r.stdout.startsWith(`FAIL ${t}: `) && r.stdout.includes(`${key}: `), describeResult(what, r));
+  }
+}
+
+/** One checkpoint (killing the job) and restore; the restored target must pass. Returns the image's open files. */
+async function checkRoundTrip(t: TargetName, extra: string[] = []): Promise<Record<string, unknown>[]> {
+  const rt = await roundTrip(t, { extra });
+  assertPass(rt.restore, t, `crest restore of ${t}`);
+  const resumedPids = fs.readFileSync(path.join(rt.job.workDir, 'resumed'), 'utf8').trim().split('\n');
+  assert.deepEqual(resumedPids, [String(rt.job.nsPid)]);
+  assert.deepEqual(jobTargetPids(rt.job), [], 'a target process outlived crest restore');
+  const procs = readManifest(rt.imageDir).processes as { files: Record<string, unknown>[] }[];
+  return procs[0]!.files;
+}
+
+/** A checkpoint with --leave-running: the job goes on and must pass under its own crest run; the image must restore to PASS too. */
+async function checkLeaveRunning(t: TargetName, extra: string[] = []): Promise<void> {
+  const job = await startJob(t, { extra });
+  const dir = tmpImageDir(`${t}-leave`);
+  assertOk(await dump({ job: job.name, dir, leaveRunning: true }), `dump --leave-running of ${t}`);
+  assertStillRunning(job.run, `${t} after dump --leave-running`);
+  await expectRunningUntraced(job.hostPid, `${t} after dump --leave-running`);
+  createGo(job.workDir);
+  const r = await withTimeout(job.run.exited, 60_000, `crest run of ${job.name}`);
+  assertPass(r, t, `${t} left running after its checkpoint`);
+  // The image of the running process restores as well (the job is gone now, its pid free again).
+  assertPass(await restore(dir), t, `restore of ${t}'s --leave-running image`);
+}
+
+/** Dumping `job` is refused with `message`; the job stays running, untraced, and finishes with PASS. */
+async function checkRefused(job: Job, message: RegExp): Promise<void> {
+  const dir = tmpImageDir(`${job.target}-refused`);
+  const r = await dump({ job: job.name, dir });
+  assertRefused(r, `dump of ${job.target}`, message);
+  assert.match(r.stderr, new RegExp(`pid ${job.hostPid}\\b`), describeResult('the refusal names the pid', r));
+  assert.ok(!fs.existsSync(path.join(dir, 'manifest.json')), 'a refused dump left a manifest');
+  assertStillRunning(job.run, `${job.target} after the refused dump`);
+  for (const pid of jobTargetPids(job)) await expectRunningUntraced(pid, `${job.target} after the refused dump`);
+  assert.ok(!resumed(job.workDir), 'the job went past its wait');
+  createGo(job.workDir);
+  const fin = await withTimeout(job.run.exited, 60_000, `crest run of ${job.name}`);
+  assertPass(fin, job.target, `${job.target} let go after the refused dump`);
+}
+
+function kindsOf(files: Record<string, unknown>[]): string[] {
+  return files.map((f) => String(f.kind));
+}
+
+const KINDS: [string, string, (files: Record<string, unknown>[]) => void][] = [
+  ['fd_eventfd', 'eventfd: 64-bit count, EFD_SEMAPHORE, O_NONBLOCK, dup sharing', (f) => assert.ok(kindsOf(f).includes('eventfd'))],
+  ['fd_signalfd', 'signalfd: mask, a pending signal read through it', (f) => assert.ok(kindsOf(f).includes('signalfd'))],
+  ['fd_timerfd', 'timerfd: relative, absolute with cancel-on-set, unread expirations, intervals', (f) => assert.ok(kindsOf(f).includes('timerfd'))],
+  ['fd_epoll', 'epoll: registrations, data, one-shot disarmed, a registration under a closed fd, nested epoll', (f) => assert.ok(kindsOf(f).includes('epoll'))],
+];
+
+for (const [name, title, inspect] of KINDS) {
+  describe(name, () => {
+    test('passes alone; every check can fail', { timeout: TIMEOUT }, async () => {
+      await checksCanFail(target(name));
+    });
+    test(`round trip: ${title}`, { timeout: TIMEOUT }, async () => {
+      inspect(await checkRoundTrip(target(name)));
+    });
+  });
+}
