@@ -266,7 +266,6 @@ function restoreFds(ctx: RestoreContext): void {
       if (at === undefined) {
         const size = ctx.manifest.files[ref.file]!.size;
         const path = resolve(ctx.dir, ref.file);
-        ctx.mem.reset();
         const fd = call(ctx, 'openat', `open ${path}`, NR.openat, -100, ctx.mem.str(path), O.RDONLY | O.CLOEXEC, 0);
         try {
           at = call(ctx, 'mmap', `map ${path}`, NR.mmap, 0, size, PROT.READ, MAP.PRIVATE, fd, 0);

@@ -33,6 +33,7 @@ import {
   startJob,
   targetArgv,
   tmpImageDir,
+  tmpWorkDir,
   withTimeout,
 } from '../harness.js';
 
@@ -113,6 +114,17 @@ const KINDS: [string, string, (files: Record<string, unknown>[]) => void][] = [
   ['fd_signalfd', 'signalfd: mask, a pending signal read through it', (f) => assert.ok(kindsOf(f).includes('signalfd'))],
   ['fd_timerfd', 'timerfd: relative, absolute with cancel-on-set, unread expirations, intervals', (f) => assert.ok(kindsOf(f).includes('timerfd'))],
   ['fd_epoll', 'epoll: registrations, data, one-shot disarmed, a registration under a closed fd, nested epoll', (f) => assert.ok(kindsOf(f).includes('epoll'))],
+  [
+    'fd_pipe',
+    'pipes: 200000 buffered bytes in a 256 KiB pipe, closed ends, packet mode, dup sharing',
+    (f) => {
+      const pipes = f.filter((x) => x.kind === 'pipe');
+      assert.equal(pipes.length, 8, JSON.stringify(pipes));
+      const withData = pipes.filter((x) => (x.buffer as { data?: { length: number } } | undefined)?.data);
+      assert.deepEqual(withData.map((x) => (x.buffer as { data: { length: number } }).data.length).sort((a, b) => a - b), [10, 200000]);
+    },
+  ],
+  ['fd_fifo', 'FIFOs: reopened by path, their bytes back, flags', (f) => assert.equal(f.filter((x) => x.kind === 'fifo').length, 3)],
 ];
 
 for (const [name, title, inspect] of KINDS) {
@@ -125,3 +137,24 @@ for (const [name, title, inspect] of KINDS) {
     });
   });
 }
+
+describe('--leave-running: the running process sees exactly its data', () => {
+  test('fd_pipe (tee leaves the pipes untouched, no fd left behind)', { timeout: TIMEOUT }, async () => {
+    await checkLeaveRunning(target('fd_pipe'));
+  });
+});
+
+describe('refusals leave the process running, untraced', () => {
+  test('a FIFO whose reader is outside the job', { timeout: TIMEOUT }, async () => {
+    const workDir = tmpWorkDir('fd_fifo-outside');
+    const fifoPath = path.join(workDir, 'outfifo');
+    execFileSync('mkfifo', ['-m', '600', fifoPath]);
+    const reader = fs.openSync(fifoPath, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    try {
+      const job = await startJob(target('fd_fifo'), { workDir, extra: ['outside'] });
+      await checkRefused(job, /fd 13 \(fifo\).*outfifo.*read end is open outside the process/);
+    } finally {
+      fs.closeSync(reader);
+    }
+  });
+});

@@ -64,7 +64,7 @@ static UNUSED const char *fdinfo_field(int fd, const char *key)
 static UNUSED int status_flags(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
-    return fl < 0 ? -1 : fl & ~O_LARGEFILE;
+    return fl < 0 ? -1 : fl & ~0100000; /* the kernel's O_LARGEFILE (glibc defines it as 0 on x86-64) */
 }
 
 static UNUSED int is_cloexec(int fd)

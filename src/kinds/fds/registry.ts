@@ -10,8 +10,9 @@ import { eventfd } from './eventfd.js';
 import { signalfd } from './signalfd.js';
 import { timerfd } from './timerfd.js';
 import { epoll } from './epoll.js';
+import { fifo, pipe } from './pipe.js';
 
-export const FD_KINDS: readonly AnyFdKind[] = [stdio, file, chardev, eventfd, signalfd, timerfd, epoll];
+export const FD_KINDS: readonly AnyFdKind[] = [stdio, file, chardev, eventfd, signalfd, timerfd, epoll, pipe, fifo];
 
 /** The kind that restores images of kind `name`; an unknown name is a programming error. */
 export function fdKind(name: OpenFileImage['kind']): AnyFdKind {
