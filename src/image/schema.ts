@@ -283,8 +283,8 @@ export const OpenFileSchema = v.variant('kind', [
     backlog: v.optional(u),
     /** The bound address (sun_path bytes, base64; an abstract name starts with a NUL byte). */
     address: v.optional(base64),
-    /** For a name in the file system: the socket file's device and inode at the checkpoint. */
-    node: v.optional(v.strictObject({ dev: u, ino: u })),
+    /** For a name in the file system: the socket file's device, inode and permission bits at the checkpoint. */
+    node: v.optional(v.strictObject({ dev: u, ino: u, mode: v.pipe(u, v.maxValue(0o7777)) })),
     /** The receive queue: its bytes and, for dgram/seqpacket, each message's length in order. */
     queue: v.optional(v.strictObject({ data: DataRefSchema, messages: v.optional(v.array(u)) })),
     /** SO_PEEK_OFF (-1: off). */

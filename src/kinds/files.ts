@@ -15,6 +15,7 @@ import type { DataRef, FdImage, Manifest, OpenFileImage, ProcessImage } from '..
 import type { DataFile } from '../image/writer.js';
 import { FD_KINDS, fdKind } from './fds/registry.js';
 import { FCNTL, NR } from './fds/abi.js';
+import { lookupSockets } from './fds/procnet.js';
 import { call, raw } from './fds/inject.js';
 import { refuseFd, type FdCheckContext, type FdDumpContext, type AnyFdKind, type FdProbe, type FdRestoreContext } from './fds/types.js';
 import type { DumpContext, Kind, RestoreContext } from './types.js';
@@ -60,7 +61,7 @@ function probeFds(pid: number, initPid: number | null): FdProbe[] {
       const info = readFdinfo(pid, fd);
       // A regular file the job's stdout was redirected to stays a file (reopened by path, offset kept).
       const stream = st.isFile() || st.isDirectory() ? null : outsideStream(pid, initPid, fd);
-      p = { fd, link, st, info, stream, rep: fd };
+      p = { fd, link, st, info, stream, rep: fd, sock: null };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
       throw e;
@@ -70,6 +71,9 @@ function probeFds(pid: number, initPid: number | null): FdProbe[] {
     else reps.push(p);
     out.push(p);
   }
+  const socks = out.filter((p) => p.st.isSocket());
+  const tables = lookupSockets(pid, socks.map((p) => p.st.ino));
+  for (const p of socks) p.sock = tables.get(p.st.ino) ?? { table: null };
   return out;
 }
 
@@ -265,6 +269,7 @@ function restoreFds(ctx: RestoreContext): void {
       let at = mapped.get(ref.file);
       if (at === undefined) {
         const size = ctx.manifest.files[ref.file]!.size;
+        if (size === 0) return 0; // only empty things (a zero-length datagram) refer to it
         const path = resolve(ctx.dir, ref.file);
         const fd = call(ctx, 'openat', `open ${path}`, NR.openat, -100, ctx.mem.str(path), O.RDONLY | O.CLOEXEC, 0);
         try {
@@ -295,5 +300,5 @@ function restoreFds(ctx: RestoreContext): void {
     fdKind(f.kind).afterPlaced?.(f as never, fctx, fdOf);
   });
   for (const h of high) raw(ctx, NR.close, h);
-  for (const [name, at] of mapped) raw(ctx, NR.munmap, at, ctx.manifest.files[name]!.size);
+  for (const [name, at] of mapped) if (at !== 0) raw(ctx, NR.munmap, at, ctx.manifest.files[name]!.size);
 }

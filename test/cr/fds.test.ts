@@ -125,6 +125,24 @@ const KINDS: [string, string, (files: Record<string, unknown>[]) => void][] = [
     },
   ],
   ['fd_fifo', 'FIFOs: reopened by path, their bytes back, flags', (f) => assert.equal(f.filter((x) => x.kind === 'fifo').length, 3)],
+  [
+    'fd_unix',
+    'unix sockets: stream/dgram/seqpacket pairs with queued data both ways, path and abstract listeners with backlogs',
+    (f) => {
+      const u = f.filter((x) => x.kind === 'unix');
+      assert.equal(u.length, 8, JSON.stringify(u));
+      assert.deepEqual(u.filter((x) => x.state === 'listen').map((x) => x.backlog), [7, 3]);
+    },
+  ],
+  [
+    'fd_inet',
+    'TCP/UDP: listeners (v4, v6) with backlogs and options, a bound UDP socket, a bound TCP socket, an unbound one',
+    (f) => {
+      const i = f.filter((x) => x.kind === 'inet');
+      assert.equal(i.length, 5, JSON.stringify(i));
+      assert.deepEqual(i.filter((x) => x.state === 'listen').map((x) => x.backlog), [5, 9]);
+    },
+  ],
 ];
 
 for (const [name, title, inspect] of KINDS) {
@@ -142,6 +160,9 @@ describe('--leave-running: the running process sees exactly its data', () => {
   test('fd_pipe (tee leaves the pipes untouched, no fd left behind)', { timeout: TIMEOUT }, async () => {
     await checkLeaveRunning(target('fd_pipe'));
   });
+  test('fd_unix (peeked queues, peek offset put back, no fd left behind; the restore rebinds over the stale socket file)', { timeout: TIMEOUT }, async () => {
+    await checkLeaveRunning(target('fd_unix'));
+  });
 });
 
 describe('refusals leave the process running, untraced', () => {
@@ -156,5 +177,10 @@ describe('refusals leave the process running, untraced', () => {
     } finally {
       fs.closeSync(reader);
     }
+  });
+
+  test('an established TCP connection', { timeout: TIMEOUT }, async () => {
+    const job = await startJob(target('fd_inet'), { extra: ['established'] });
+    await checkRefused(job, /fd 1[56] \(TCP socket\): established TCP connection to 127\.0\.0\.1:\d+ .*needs `crest run --net` \(not yet supported\)/);
   });
 });

@@ -39,6 +39,7 @@ export const NR = {
   inotify_rm_watch: 255,
   openat: 257,
   unlinkat: 263,
+  fchmodat: 268,
   splice: 275,
   tee: 276,
   timerfd_create: 283,

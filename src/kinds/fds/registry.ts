@@ -11,8 +11,10 @@ import { signalfd } from './signalfd.js';
 import { timerfd } from './timerfd.js';
 import { epoll } from './epoll.js';
 import { fifo, pipe } from './pipe.js';
+import { unix } from './unix.js';
+import { inet } from './inet.js';
 
-export const FD_KINDS: readonly AnyFdKind[] = [stdio, file, chardev, eventfd, signalfd, timerfd, epoll, pipe, fifo];
+export const FD_KINDS: readonly AnyFdKind[] = [stdio, file, chardev, eventfd, signalfd, timerfd, epoll, pipe, fifo, unix, inet];
 
 /** The kind that restores images of kind `name`; an unknown name is a programming error. */
 export function fdKind(name: OpenFileImage['kind']): AnyFdKind {

@@ -7,6 +7,7 @@
 // capture it and rebuild it in the husk.
 import type { Stats } from 'node:fs';
 import type { FdInfo } from '../../proc/index.js';
+import type { SockInfo } from './procnet.js';
 import type { DataRef, FdImage, Manifest, OpenFileImage, ProcessImage } from '../../image/schema.js';
 import { unsupported, type DumpContext, type RestoreContext } from '../types.js';
 
@@ -22,6 +23,8 @@ export interface FdProbe {
   stream: 0 | 1 | 2 | null;
   /** The lowest fd sharing this fd's open file description (the fd itself when it is the first). */
   rep: number;
+  /** For a socket: the /proc/PID/net table listing it and its line there; null for anything else. */
+  sock: SockInfo | null;
 }
 
 /** What a kind sees while the process still runs (refusals from /proc only). */
