@@ -16,6 +16,7 @@ import type { DataFile } from '../image/writer.js';
 import { FD_KINDS, fdKind } from './fds/registry.js';
 import { FCNTL, NR } from './fds/abi.js';
 import { lookupSockets } from './fds/procnet.js';
+import { restoreLocks } from './fds/locks.js';
 import { call, raw } from './fds/inject.js';
 import { refuseFd, type FdCheckContext, type FdDumpContext, type AnyFdKind, type FdProbe, type FdRestoreContext } from './fds/types.js';
 import type { DumpContext, Kind, RestoreContext } from './types.js';
@@ -301,4 +302,12 @@ function restoreFds(ctx: RestoreContext): void {
   });
   for (const h of high) raw(ctx, NR.close, h);
   for (const [name, at] of mapped) if (at !== 0) raw(ctx, NR.munmap, at, ctx.manifest.files[name]!.size);
+  // Locks last: closing any fd of a file drops every POSIX lock the process holds on it,
+  // so they are taken only once no fd will be closed or replaced any more.
+  proc.files.forEach((f, index) => {
+    if ((f.kind === 'file' || f.kind === 'deleted') && f.locks) {
+      ctx.mem.reset();
+      restoreLocks(f.locks, fdOf(index), f.kind === 'file' ? f.file.path : f.path, fctx);
+    }
+  });
 }

@@ -143,6 +143,16 @@ const KINDS: [string, string, (files: Record<string, unknown>[]) => void][] = [
       assert.deepEqual(i.filter((x) => x.state === 'listen').map((x) => x.backlog), [5, 9]);
     },
   ],
+  [
+    'fd_memfd',
+    'memfds (contents, seals, names, two descriptions) and a file deleted while open',
+    (f) => assert.deepEqual(kindsOf(f).filter((k) => k === 'memfd' || k === 'deleted'), ['memfd', 'memfd', 'memfd', 'deleted', 'deleted']),
+  ],
+  [
+    'fd_locks',
+    'flock, POSIX and OFD locks taken again (on a deleted file too)',
+    (f) => assert.equal(f.filter((x) => Array.isArray(x.locks)).length, 4),
+  ],
 ];
 
 for (const [name, title, inspect] of KINDS) {

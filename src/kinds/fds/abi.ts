@@ -13,6 +13,7 @@ export const NR = {
   munmap: 11,
   ioctl: 16,
   pread64: 17,
+  pwrite64: 18,
   sendfile: 40,
   socket: 41,
   connect: 42,

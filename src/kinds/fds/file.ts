@@ -5,7 +5,7 @@ import { statSync } from 'node:fs';
 import { O } from '../../sys/constants.js';
 import { CrestError } from '../../sys/errors.js';
 import { fileIdentity, sameFile } from '../fileid.js';
-import { locksOf, restoreLocks } from './locks.js';
+import { locksOf } from './locks.js';
 import { NR } from './abi.js';
 import { call } from './inject.js';
 import { refuseFd, type FdKind } from './types.js';
@@ -46,8 +46,5 @@ export const file: FdKind<'file'> = {
     if (!sameFile(f.file, st)) throw new CrestError('FILE_CHANGED', `open file ${path} changed while restoring`);
     if (f.pos > 0) call(ctx, 'lseek', `seek ${path} to ${f.pos}`, NR.lseek, fd, f.pos, 0);
     return fd;
-  },
-  afterPlaced(f, ctx, fdOf) {
-    if (f.locks) restoreLocks(f.locks, fdOf(f.id), f.file.path, ctx);
   },
 };

@@ -3,6 +3,8 @@
 // locks of the process taken through this description, and flock/OFD locks
 // of the description itself. Re-acquired at restore with the same type and
 // range, without waiting: a lock someone else took meanwhile fails the restore.
+// The driver takes them last of all (closing any fd of a file would drop the
+// process's POSIX locks on it).
 import type { FdInfo } from '../../proc/index.js';
 import type { ImageOf, FdRestoreContext } from './types.js';
 import { F_RDLCK, F_WRLCK, FCNTL, LOCK_EX, LOCK_NB, LOCK_SH, NR } from './abi.js';

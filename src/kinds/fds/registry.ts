@@ -13,8 +13,10 @@ import { epoll } from './epoll.js';
 import { fifo, pipe } from './pipe.js';
 import { unix } from './unix.js';
 import { inet } from './inet.js';
+import { memfd } from './memfd.js';
+import { deleted } from './deleted.js';
 
-export const FD_KINDS: readonly AnyFdKind[] = [stdio, file, chardev, eventfd, signalfd, timerfd, epoll, pipe, fifo, unix, inet];
+export const FD_KINDS: readonly AnyFdKind[] = [stdio, memfd, deleted, file, chardev, eventfd, signalfd, timerfd, epoll, pipe, fifo, unix, inet];
 
 /** The kind that restores images of kind `name`; an unknown name is a programming error. */
 export function fdKind(name: OpenFileImage['kind']): AnyFdKind {
