@@ -153,6 +153,14 @@ const KINDS: [string, string, (files: Record<string, unknown>[]) => void][] = [
     'flock, POSIX and OFD locks taken again (on a deleted file too)',
     (f) => assert.equal(f.filter((x) => Array.isArray(x.locks)).length, 4),
   ],
+  [
+    'fd_inotify',
+    'inotify: watches found by inode, same wds (a gap included), one-shot, masks',
+    (f) => {
+      const i = f.find((x) => x.kind === 'inotify') as { watches: { wd: number }[] } | undefined;
+      assert.deepEqual(i?.watches.map((w) => w.wd), [1, 2, 4]);
+    },
+  ],
 ];
 
 for (const [name, title, inspect] of KINDS) {
@@ -187,6 +195,11 @@ describe('refusals leave the process running, untraced', () => {
     } finally {
       fs.closeSync(reader);
     }
+  });
+
+  test('inotify events queued at the checkpoint', { timeout: TIMEOUT }, async () => {
+    const job = await startJob(target('fd_inotify'), { extra: ['queued'] });
+    await checkRefused(job, /fd 10 \(inotify\): \d+ bytes of events are queued/);
   });
 
   test('an established TCP connection', { timeout: TIMEOUT }, async () => {

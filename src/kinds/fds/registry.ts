@@ -15,8 +15,9 @@ import { unix } from './unix.js';
 import { inet } from './inet.js';
 import { memfd } from './memfd.js';
 import { deleted } from './deleted.js';
+import { inotify } from './inotify.js';
 
-export const FD_KINDS: readonly AnyFdKind[] = [stdio, memfd, deleted, file, chardev, eventfd, signalfd, timerfd, epoll, pipe, fifo, unix, inet];
+export const FD_KINDS: readonly AnyFdKind[] = [stdio, memfd, deleted, file, chardev, eventfd, signalfd, timerfd, epoll, pipe, fifo, unix, inet, inotify];
 
 /** The kind that restores images of kind `name`; an unknown name is a programming error. */
 export function fdKind(name: OpenFileImage['kind']): AnyFdKind {
