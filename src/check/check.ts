@@ -12,6 +12,7 @@ import { CrestError, SyscallError, errnoName } from '../sys/errors.js';
 import { type Native, native } from '../sys/native.js';
 import { CAP_CHECKPOINT_RESTORE, CHECKED_CAPS, type FileCaps, capNames, decodeFileCaps, hasCap, hex64 } from './caps.js';
 import { allocLocated, probePagemap, probeSoftDirty, type LocatedBuffer } from './memprobe.js';
+import { probeFdKinds } from '../kinds/fds/probe.js';
 
 /** A JSON value (the report holds no bigint, no undefined inside arrays). */
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [k: string]: JsonValue | undefined };
@@ -531,6 +532,18 @@ function probeVdso(ctx: Ctx): void {
   });
 }
 
+/** One line per fd kind: what this kernel and user let crest capture and rebuild (tried in a seized child). */
+function probeFds(ctx: Ctx): void {
+  if (!ctx.n || !ctx.ptraceOk) {
+    const why = !ctx.n ? 'the native addon is missing' : 'ptrace does not work';
+    add(ctx, { id: 'fd-kinds', title: 'fd kinds', ok: null, detail: `not tried: ${why}` });
+    return;
+  }
+  for (const r of probeFdKinds({ timeoutMs: ctx.opts.stopTimeoutMs })) {
+    add(ctx, { id: `fd-${r.kind}`, title: `fd kind: ${r.kind}`, ok: r.ok, detail: r.detail });
+  }
+}
+
 function chooseTracking(ctx: Ctx): { method: TrackingMethod; why: string } {
   if (ctx.softDirty) return { method: 'soft-dirty', why: 'soft-dirty bits work' };
   if (ctx.uffdWp && ctx.pagemapScan) {
@@ -705,6 +718,7 @@ export function runCheck(opts: CheckOptions): CheckReport {
   probeMemory(ctx);
   probeUffd(ctx);
   probeVdso(ctx);
+  probeFds(ctx);
   const tracking = chooseTracking(ctx);
   add(ctx, { id: 'tracking', title: 'page-change tracking', ok: true, detail: `${tracking.method}: ${tracking.why}`, value: tracking.method });
   if (ctx.nativeError) {

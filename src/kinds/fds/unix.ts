@@ -146,7 +146,11 @@ export const unix: FdKind<'unix'> = {
     if (d.name || pd.name) {
       throw refuse(`it is one end of a connection made with connect/accept (named ${showName((d.name ?? pd.name)!)}), which is not supported yet; socketpairs are`);
     }
-    return { ...base, queue: peekQueue(ctx, p.fd, type, what) };
+    const queue = peekQueue(ctx, p.fd, type, what);
+    if (p.info.fields.scm_fds === undefined && (queue.data.length > 0 || (queue.messages?.length ?? 0) > 0)) {
+      throw refuse("it has data queued, and this kernel's fdinfo does not show whether file descriptors travel with it (scm_fds)");
+    }
+    return { ...base, queue };
   },
   dump(p, ctx: FdDumpContext, id, injected) {
     const inj = injected as Injected;
