@@ -57,7 +57,7 @@ function preflight(dir: string): Manifest {
     throw new CrestError('UNSUPPORTED', `process ${proc.pid} has ${proc.threads.length} threads; this crest restores single-threaded processes`);
   }
   preflightMemory(proc, vdsoSizes('self'));
-  preflightFiles(proc);
+  preflightFiles(proc, m);
   verifyFile(proc.exe, 'executable');
   return m;
 }
