@@ -184,6 +184,10 @@ describe('--leave-running: the running process sees exactly its data', () => {
 });
 
 describe('refusals leave the process running, untraced', () => {
+  test('fd_other passes alone; its check can fail', { timeout: TIMEOUT }, async () => {
+    await checksCanFail(target('fd_other'));
+  });
+
   test('a FIFO whose reader is outside the job', { timeout: TIMEOUT }, async () => {
     const workDir = tmpWorkDir('fd_fifo-outside');
     const fifoPath = path.join(workDir, 'outfifo');
@@ -200,6 +204,16 @@ describe('refusals leave the process running, untraced', () => {
   test('inotify events queued at the checkpoint', { timeout: TIMEOUT }, async () => {
     const job = await startJob(target('fd_inotify'), { extra: ['queued'] });
     await checkRefused(job, /fd 10 \(inotify\): \d+ bytes of events are queued/);
+  });
+
+  test('a unix listener with a connection waiting to be accepted', { timeout: TIMEOUT }, async () => {
+    const job = await startJob(target('fd_unix'), { extra: ['pending'] });
+    await checkRefused(job, /fd 16 \(unix socket\): unix stream socket .*sock.*1 connection is waiting to be accepted/);
+  });
+
+  test('an fd of a kind crest does not know (a pidfd), named with pid, fd and kind', { timeout: TIMEOUT }, async () => {
+    const job = await startJob(target('fd_other'));
+    await checkRefused(job, /fd 10 \(pidfd\): pidfd \(anon_inode:\[pidfd\]\) is not supported/);
   });
 
   test('an established TCP connection', { timeout: TIMEOUT }, async () => {

@@ -11,6 +11,9 @@
  * still connected to each other; the listeners accept connections by their
  * names, W/sock is the socket file with its mode, and 16 queues exactly
  * backlog + 1 connections.
+ * With the argument "pending", a connection to 16 is left waiting to be
+ * accepted at the checkpoint (its client at fd 18): a checkpoint must refuse
+ * it; after go the target accepts it and closes both first.
  */
 #define TARGET_NAME "fd_unix"
 #include "fd_common.h"
@@ -111,6 +114,8 @@ int main(int argc, char **argv)
     if (bind(la, (struct sockaddr *)&abs_addr, abs_len) != 0) DIE_ERRNO("bind abstract");
     if (listen(la, 3) != 0) DIE_ERRNO("listen");
     put_at(la, 17, 0);
+    int pending = argc > 2 && strcmp(argv[2], "pending") == 0;
+    if (pending) put_at(connect_to(&pa, sizeof pa, SOCK_STREAM), 18, 0);
     struct stat sst0;
     lstat(wpath("sock"), &sst0);
     char before[1024];
@@ -118,6 +123,13 @@ int main(int argc, char **argv)
     announce_ready();
     wait_go(NULL);
 
+    if (pending) {
+        int a = accept(16, NULL, NULL);
+        if (a < 0) die("the pending connection was not there");
+        close(a);
+        close(18);
+        fdset(before, sizeof before);
+    }
     if (sabotage("fdset")) open("/dev/null", O_RDONLY);
     if (sabotage("stream")) { char x; recv(10, &x, 1, MSG_DONTWAIT); }
     if (sabotage("dgram")) { char x[8]; recv(12, x, sizeof x, MSG_DONTWAIT); }
