@@ -36,6 +36,14 @@ import {
   tmpWorkDir,
   withTimeout,
 } from '../harness.js';
+import { parseFdinfo } from '../../src/proc/index.js';
+import { kdevToStatDev, parseEpoll, parseEventfd, parseInotify, parseSignalfd, parseTimerfd } from '../../src/kinds/fds/fdinfo.js';
+import { parseLockLine } from '../../src/kinds/fds/locks.js';
+import { inetAddress, parseNetInet, parseNetUnix } from '../../src/kinds/fds/procnet.js';
+import { decodeSockaddr, encodeSockaddr } from '../../src/kinds/fds/inet.js';
+import { parseUnixDiag } from '../../src/kinds/fds/sockdiag.js';
+import { readImage } from '../../src/image/reader.js';
+import { canonicalJson } from '../../src/image/canonical.js';
 
 registerCleanup();
 
@@ -219,5 +227,121 @@ describe('refusals leave the process running, untraced', () => {
   test('an established TCP connection', { timeout: TIMEOUT }, async () => {
     const job = await startJob(target('fd_inet'), { extra: ['established'] });
     await checkRefused(job, /fd 1[56] \(TCP socket\): established TCP connection to 127\.0\.0\.1:\d+ .*needs `crest run --net` \(not yet supported\)/);
+  });
+});
+
+// ------------------------------------------------------------------ pure parts
+
+describe('parsers of the kernel text the fd kinds read', () => {
+  test('fdinfo: eventfd (hex count), timerfd, signalfd, epoll, inotify', () => {
+    const info = (text: string) => parseFdinfo(`pos:\t0\nflags:\t02\nmnt_id:\t17\nino:\t1038\n${text}`);
+    assert.deepEqual(parseEventfd(info('eventfd-count:       123456789a\neventfd-id: 4\neventfd-semaphore: 1\n')), { count: 0x123456789an, semaphore: true });
+    assert.deepEqual(parseEventfd(info('eventfd-count:                0\n')), { count: 0n, semaphore: null });
+    assert.deepEqual(parseTimerfd(info('clockid: 1\nticks: 3\nsettime flags: 03\nit_value: (2, 999944206)\nit_interval: (1, 500)\n')), {
+      clockid: 1,
+      ticks: 3,
+      settimeFlags: 3,
+      value: { sec: 2, nsec: 999944206 },
+      interval: { sec: 1, nsec: 500 },
+    });
+    assert.equal(parseSignalfd(info('sigmask:\t0000001000000200\n')), 0x1000000200n);
+    assert.deepEqual(parseEpoll(info('tfd:       15 events: 80000019 data:               15  pos:0 ino:40e sdev:10\n')), [
+      { tfd: 15, events: 0x80000019, data: 0x15n, pos: 0, ino: 0x40e, sdev: 0x10 },
+    ]);
+    assert.deepEqual(
+      parseInotify(info('inotify wd:a ino:224007 sdev:fe00000 mask:80000002 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:07402200133d8d0d\n')),
+      [{ wd: 10, ino: 0x224007, sdev: 0xfe00000, mask: 0x80000002, ignoredMask: 0 }],
+    );
+    assert.throws(() => parseTimerfd(info('clockid: 1\n')), /ticks/);
+  });
+
+  test('device numbers: the kernel encoding (fdinfo sdev, unix_diag) to stat(2)', () => {
+    assert.equal(kdevToStatDev(0xfe00000), 0xfe00); // 254:0
+    assert.equal(kdevToStatDev((8 << 20) | 1), 0x801); // 8:1
+    assert.equal(kdevToStatDev((259 << 20) | 300), 0x11032c); // 259:300: minor above 255
+  });
+
+  test('lock lines', () => {
+    assert.deepEqual(parseLockLine('1: POSIX  ADVISORY  WRITE 12817 fe:00:2146467 10 14'), { kind: 'posix', write: true, start: 10, end: 14 });
+    assert.deepEqual(parseLockLine('2: FLOCK  ADVISORY  READ 12817 fe:00:2146467 0 EOF'), { kind: 'flock', write: false, start: 0, end: null });
+    assert.deepEqual(parseLockLine('3: OFDLCK ADVISORY  READ -1 fe:00:2146471 0 EOF'), { kind: 'ofd', write: false, start: 0, end: null });
+    assert.equal(parseLockLine('4: -> POSIX  ADVISORY  WRITE 12 fe:00:1 0 EOF'), null);
+    assert.ok('why' in (parseLockLine('5: LEASE  ACTIVE    READ 12 fe:00:1 0 EOF') as object));
+  });
+
+  test('/proc/net tables and socket addresses', () => {
+    const u = parseNetUnix(
+      'Num       RefCount Protocol Flags    Type St Inode Path\n' +
+        '0000000054bc7cde: 00000002 00000000 00010000 0001 01 1056 /tmp/x/sock\n' +
+        '00000000cdaeaea2: 00000003 00000000 00000000 0002 03 100635\n',
+    );
+    assert.deepEqual(u.get(1056), { flags: 0x10000, type: 1, state: 1, path: '/tmp/x/sock' });
+    assert.deepEqual(u.get(100635), { flags: 0, type: 2, state: 3, path: '' });
+    const t = parseNetInet(
+      '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n' +
+        '   0: 0100007F:07E8 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1060 1 0000000033117db1 100 0 0 10 0\n',
+    );
+    assert.deepEqual(t.get(1060), { local: { address: '127.0.0.1', port: 2024 }, remote: { address: '0.0.0.0', port: 0 }, state: 10 });
+    assert.equal(inetAddress('00000000000000000000000001000000'), '::1');
+    assert.equal(inetAddress('B80D0120000000000000000001000000'), '2001:db8::1');
+    for (const [fam, addr] of [
+      [4, '10.1.2.3'],
+      [6, '::1'],
+      [6, '2001:db8::8:800:200c:417a'],
+      [6, 'fe80::1:2'],
+    ] as const) {
+      const d = decodeSockaddr(encodeSockaddr(fam, addr, 8080));
+      assert.deepEqual([d.family, d.address, d.port], [fam, addr, 8080]);
+    }
+  });
+
+  test('unix_diag answers', () => {
+    const b = Buffer.alloc(64);
+    b.writeUInt32LE(64, 0);
+    b.writeUInt16LE(20, 4);
+    b.writeUInt8(1, 16); // AF_UNIX
+    b.writeUInt8(5, 17); // seqpacket
+    b.writeUInt8(10, 18); // listen
+    b.writeUInt32LE(777, 20);
+    let at = 32;
+    const attr = (type: number, payload: Buffer) => {
+      b.writeUInt16LE(4 + payload.length, at);
+      b.writeUInt16LE(type, at + 2);
+      payload.copy(b, at + 4);
+      at += (4 + payload.length + 3) & ~3;
+    };
+    const rq = Buffer.alloc(8);
+    rq.writeUInt32LE(2, 0);
+    rq.writeUInt32LE(7, 4);
+    attr(4, rq);
+    attr(0, Buffer.from('\0abc'));
+    attr(6, Buffer.from([0]));
+    const d = parseUnixDiag(b);
+    assert.deepEqual({ ino: d.ino, type: d.type, state: d.state, rqlen: d.rqlen, name: d.name?.toString('latin1') }, {
+      ino: 777,
+      type: 5,
+      state: 10,
+      rqlen: { rqueue: 2, wqueue: 7 },
+      name: '\0abc',
+    });
+    const err = Buffer.alloc(36);
+    err.writeUInt32LE(36, 0);
+    err.writeUInt16LE(2, 4);
+    err.writeInt32LE(-2, 16);
+    assert.throws(() => parseUnixDiag(err), /errno 2/);
+  });
+});
+
+describe('images with every fd kind read back and re-encode to the same bytes', () => {
+  test('fd_unix and fd_memfd images', { timeout: TIMEOUT }, async () => {
+    for (const t of ['fd_unix', 'fd_memfd']) {
+      const job = await startJob(target(t));
+      const dir = tmpImageDir(`${t}-bytes`);
+      assertOk(await dump({ job: job.name, dir }), `dump of ${t}`);
+      await expectCheckpointed(job);
+      await expectKilled(job);
+      const m = readImage(dir);
+      assert.equal(canonicalJson(m), fs.readFileSync(path.join(dir, 'manifest.json'), 'utf8'), `${t}: the manifest does not re-encode to its bytes`);
+    }
   });
 });
