@@ -24,6 +24,7 @@
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/mman.h>
 #include <sys/user.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -735,6 +736,27 @@ static napi_value js_pidfdOpen(napi_env env, napi_callback_info info) {
   return make_int(env, fd);
 }
 
+static void munmap_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  munmap(data, (size_t)(uintptr_t)hint);
+}
+
+// A Buffer backed by its own anonymous mapping: page-aligned, as O_DIRECT
+// I/O needs, and populated up front so it is never first-touched on a hot path.
+static napi_value js_mmapBuffer(napi_env env, napi_callback_info info) {
+  static const char FN[] = "mmapBuffer";
+  ARGS(1);
+  INT_ARG(0, "size", 4096, 1L << 30, size);
+  void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED) return throw_sys(env, "mmap", "aligned buffer", errno, 0);
+  napi_value buf;
+  if (napi_create_external_buffer(env, (size_t)size, p, munmap_finalize, (void *)(uintptr_t)size, &buf) != napi_ok) {
+    munmap(p, (size_t)size);
+    return napi_failed(env, "napi_create_external_buffer");
+  }
+  return buf;
+}
+
 static napi_value js_unameRelease(napi_env env, napi_callback_info info) {
   (void)info;
   struct utsname u;
@@ -875,6 +897,7 @@ static napi_value init(napi_env env, napi_value exports) {
       FUNC(capget),
       FUNC(pidfdOpen),
       FUNC(unameRelease),
+      FUNC(mmapBuffer),
       FUNC(getxattr),
       FUNC(uffdProbe),
       FUNC(pagemapScanProbe),

@@ -64,7 +64,7 @@ function program(result: { code: number }): Command {
         throw new CrestError('USAGE', 'name exactly one process: --pid PID or --job NAME');
       }
       const { dump } = await import('../dump/index.js');
-      const r = dump({ pid: o.pid, job: o.job, dir: resolve(o.dir), leaveRunning: !!o.leaveRunning, force: !!o.force });
+      const r = await dump({ pid: o.pid, job: o.job, dir: resolve(o.dir), leaveRunning: !!o.leaveRunning, force: !!o.force, reap: false });
       if (o.json) out(JSON.stringify(r));
       else {
         for (const w of r.warnings) err(`crest: warning: ${w}`);
@@ -88,7 +88,7 @@ function program(result: { code: number }): Command {
       for (const w of r.warnings) err(`crest: warning: ${w}`);
       if (o.detach) {
         r.helper.letGo();
-        if (o.json) out(JSON.stringify({ job: r.jobName, pid: r.pid, nsPid: r.nsPid, initPid: r.initPid, durationMs: r.durationMs }));
+        if (o.json) out(JSON.stringify({ job: r.jobName, pid: r.pid, nsPid: r.nsPid, initPid: r.initPid, durationMs: r.durationMs, stages: r.stages, warnings: r.warnings }));
         else err(`crest: restored job ${r.jobName}: pid ${r.pid} (pid ${r.nsPid} in the job) in ${r.durationMs.toFixed(0)} ms`);
         return;
       }

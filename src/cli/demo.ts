@@ -34,7 +34,7 @@ export async function demo(say: (s: string) => void): Promise<number> {
     await sleep(1300);
     const before = readState(state);
     say(`crest demo: checkpointing job ${name} to ${image}`);
-    const d = dump({ job: name, dir: image });
+    const d = await dump({ job: name, dir: image });
     const ended = await running;
     say(
       `crest demo: checkpoint written in ${d.durationMs.toFixed(0)} ms (${(d.pagesBytes / 1048576).toFixed(1)} MiB of memory); ` +

@@ -31,6 +31,11 @@ export interface DumpOptions {
   leaveRunning?: boolean;
   /** Overwrite an existing image in dir. */
   force?: boolean;
+  /**
+   * Wait for the stopped process to be gone before returning (default). The
+   * CLI, which exits right after, skips the wait: its exit releases the process.
+   */
+  reap?: boolean;
   /** Called after each stage with its name and duration. */
   onStage?: (name: string, ms: number) => void;
 }
@@ -125,7 +130,7 @@ function refuseUnsupported(pid: number, initPid: number): void {
 }
 
 /** Checkpoints one process of a crest job into opts.dir. */
-export function dump(opts: DumpOptions): DumpResult {
+export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const runner = new StageRunner(opts.onStage);
   const target = runner.run('resolve', () => resolveTarget(opts));
   const pid = target.pid;
@@ -156,10 +161,10 @@ export function dump(opts: DumpOptions): DumpResult {
       warnings,
     };
     runner.run('inject', () => injectionWindow(ctx));
-    runner.run('collect', () => {
-      for (const k of KINDS) if (k.name !== 'memory') k.dump?.(ctx);
+    await runner.runAsync('collect', async () => {
+      for (const k of KINDS) if (k.name !== 'memory') await k.dump?.(ctx);
     });
-    runner.run('memory', () => KINDS.find((k) => k.name === 'memory')!.dump!(ctx));
+    await runner.runAsync('memory', async () => KINDS.find((k) => k.name === 'memory')!.dump!(ctx));
     const proc = finishProcess(ctx);
     const manifest = runner.run('manifest', () =>
       writer.commit({
@@ -186,7 +191,7 @@ export function dump(opts: DumpOptions): DumpResult {
           saveJob({ ...target.record, checkpointed: { dir: opts.dir, at: new Date().toISOString() } });
         }
         // The whole job goes: the process, then its init (which takes the namespace with it).
-        t.kill();
+        t.kill({ reap: opts.reap !== false });
         native().kill(target.initPid, SIG.SIGKILL);
       } else {
         t.restoreOriginal();

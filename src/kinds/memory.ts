@@ -6,6 +6,8 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import { readMaps, readSmaps, type SmapsEntry } from '../proc/index.js';
+import { native } from '../sys/native.js';
+import type { DataFile } from '../image/writer.js';
 import { MADV, MAP, MREMAP, O, PAGE_SIZE, PROT, SYS } from '../sys/constants.js';
 import { CrestError } from '../sys/errors.js';
 import type { VmaImage } from '../image/schema.js';
@@ -46,19 +48,27 @@ export const memory: Kind = {
     }
   },
   dump(ctx) {
-    dumpMemory(ctx);
+    return dumpMemory(ctx);
   },
 };
 
+/** Two page-aligned 8 MiB buffers, reused across dumps: one fills while the other is written. */
+let ioBuffers: [Buffer, Buffer] | undefined;
+function buffers(): [Buffer, Buffer] {
+  ioBuffers ??= [native().mmapBuffer(IO_CHUNK), native().mmapBuffer(IO_CHUNK)];
+  return ioBuffers;
+}
+const IO_CHUNK = 8 * 1024 * 1024;
+
 /** Reads the mappings, decides which pages to keep (pagemap), and streams them to the pages file. */
-function dumpMemory(ctx: DumpContext): void {
+async function dumpMemory(ctx: DumpContext): Promise<void> {
   const pid = ctx.hostPid;
   const vmas: VmaImage[] = [];
   const pagemapFd = openSync(`/proc/${pid}/pagemap`, 'r');
   const memFd = ctx.thread.mem();
   const pagesName = `pages-${ctx.nsPid}.img`;
-  const out = ctx.writer.openData(pagesName);
-  const chunk = Buffer.allocUnsafe(8 * 1024 * 1024);
+  const out = ctx.writer.openData(pagesName, { direct: true });
+  const copier = new PageCopier(pid, memFd, out);
   const pmBuf = Buffer.allocUnsafe(8 * 65536);
   try {
     for (const e of readSmaps(pid)) {
@@ -85,12 +95,14 @@ function dumpMemory(ctx: DumpContext): void {
       }
       if (!SPECIAL.has(kind) && !(kind === 'file' && e.shared)) {
         vma.runs = selectPages(pagemapFd, pmBuf, e.start, e.end, kind === 'file');
-        copyRuns(memFd, out, chunk, e.start, vma.runs);
+        await copier.copy(e.start, vma.runs);
       }
       vmas.push(vma);
     }
+    await copier.drain();
   } finally {
     closeSync(pagemapFd);
+    await copier.drain().catch(() => undefined);
   }
   ctx.proc.vmas = vmas;
   ctx.proc.pagesFile = pagesName;
@@ -134,28 +146,53 @@ function selectPages(pmFd: number, buf: Buffer, start: number, end: number, file
   return runs;
 }
 
-function copyRuns(
-  memFd: number,
-  out: { write(b: Buffer, off?: number, len?: number): void },
-  chunk: Buffer,
-  start: number,
-  runs: [number, number][],
-): void {
-  for (const [first, count] of runs) {
-    let addr = start + first * PAGE_SIZE;
-    let left = count * PAGE_SIZE;
-    while (left > 0) {
-      const len = Math.min(left, chunk.length);
-      let got = 0;
-      while (got < len) {
-        const r = readSync(memFd, chunk, got, len - got, addr + got);
-        if (r <= 0) throw new CrestError('MEM_READ', `could not read memory at ${hexa(addr + got)}`);
-        got += r;
+/**
+ * Copies runs of pages from /proc/PID/mem to the pages file, double-buffered:
+ * while one buffer is being written (O_DIRECT, on the libuv pool), the next is
+ * read from the process on this thread.
+ */
+class PageCopier {
+  private pending: Promise<void> = Promise.resolve();
+  private which = 0;
+  constructor(
+    private readonly pid: number,
+    private readonly memFd: number,
+    private readonly out: DataFile,
+  ) {}
+
+  async copy(start: number, runs: [number, number][]): Promise<void> {
+    const bufs = buffers();
+    for (const [first, count] of runs) {
+      let addr = start + first * PAGE_SIZE;
+      let left = count * PAGE_SIZE;
+      while (left > 0) {
+        const buf = bufs[this.which]!;
+        const len = Math.min(left, buf.length);
+        let got = 0;
+        while (got < len) {
+          // process_vm_readv is the cheaper copy; it refuses pages the process
+          // itself could not read (PROT_NONE), which /proc/PID/mem still reads.
+          let r = 0;
+          try {
+            r = native().processVmReadv(this.pid, addr + got, buf, got, len - got);
+          } catch {
+            r = 0;
+          }
+          if (r <= 0) r = readSync(this.memFd, buf, got, len - got, addr + got);
+          if (r <= 0) throw new CrestError('MEM_READ', `could not read memory at ${hexa(addr + got)}`);
+          got += r;
+        }
+        await this.pending;
+        this.pending = this.out.writeAsync(buf, 0, len);
+        this.which ^= 1;
+        addr += len;
+        left -= len;
       }
-      out.write(chunk, 0, len);
-      addr += len;
-      left -= len;
     }
+  }
+
+  drain(): Promise<void> {
+    return this.pending;
   }
 }
 

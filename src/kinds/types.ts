@@ -57,7 +57,7 @@ export interface Kind {
   /** Runs inside the injection window (scratch available, signals blocked). Keep it short. */
   dumpInjected?(ctx: DumpContext): void;
   /** Runs after the injection window, with the thread stopped and its registers back. */
-  dump?(ctx: DumpContext): void;
+  dump?(ctx: DumpContext): void | Promise<void>;
   /** Rebuilds this kind's state in the husk. */
   restore?(ctx: RestoreContext): void;
 }

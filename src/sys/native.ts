@@ -65,6 +65,8 @@ export interface Native {
   /** capget(2) v3 for `pid`: 64-bit masks. */
   capget(pid: number): { effective: bigint; permitted: bigint; inheritable: bigint };
   pidfdOpen(pid: number, flags: number): number;
+  /** A page-aligned, pre-populated Buffer of `size` bytes backed by its own mmap (for O_DIRECT I/O). */
+  mmapBuffer(size: number): Buffer;
   /** uname release string, e.g. "6.18.44". */
   unameRelease(): string;
   /** getxattr(2) on a path; null when the attribute is absent (ENODATA). */

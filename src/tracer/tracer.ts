@@ -326,12 +326,17 @@ export class Thread {
    * traced zombie is reported to its tracer first, and until the tracer has
    * seen it, the parent (the job's init) cannot reap it.
    */
-  kill(): void {
+  kill(opts: { reap?: boolean } = {}): void {
     if (this.detached) return;
     this.closeMem();
     const n = native();
     try {
       n.kill(this.tid, SIG.SIGKILL);
+      // A tracer that is about to exit need not wait: its exit releases the zombie.
+      if (opts.reap === false) {
+        this.detached = true;
+        return;
+      }
       for (;;) {
         const st = waitTask(this.tid, 5000);
         if (st.kind !== 'stopped') break;

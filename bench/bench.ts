@@ -1,0 +1,160 @@
+// `npm run bench`: dump and restore times and image sizes for processes
+// holding 1 MiB, 256 MiB and 1 GiB of touched anonymous memory, next to what
+// this machine needs just to touch that much fresh memory, measured in the
+// same run (machines are shared and noisy: compare ratios, quote medians).
+// Prints a table and writes bench/results.json.
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, readdirSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
+const TARGET = join(ROOT, 'test', 'targets', 'bin', 'counter');
+const TOUCH = join(ROOT, 'bench', 'touch');
+
+const SIZES_MIB = (process.env.CREST_BENCH_SIZES ?? '1,256,1024').split(',').map(Number);
+const RUNS = Number(process.env.CREST_BENCH_RUNS ?? 5);
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+/** Runs the crest CLI; output goes to files, since a detached job keeps crest's stdio open. */
+function timeCmd(args: string[], work: string): { ms: number; out: string; code: number | null } {
+  const outPath = join(work, 'cmd.out');
+  const errPath = join(work, 'cmd.err');
+  const o = openSync(outPath, 'w');
+  const e = openSync(errPath, 'w');
+  const t = performance.now();
+  const r = spawnSync(process.execPath, [CLI, ...args], { stdio: ['ignore', o, e] });
+  const ms = performance.now() - t;
+  closeSync(o);
+  closeSync(e);
+  if (r.status !== 0) throw new Error(`crest ${args.join(' ')} failed (${r.status}): ${readFileSync(errPath, 'utf8')}`);
+  return { ms, out: readFileSync(outPath, 'utf8'), code: r.status };
+}
+
+function touch(mib: number, mode: 'page' | 'bulk'): number {
+  const r = spawnSync(TOUCH, [String(mib), mode], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`touch failed: ${r.stderr}`);
+  return Number(r.stdout.trim()) * 1000;
+}
+
+async function waitFile(path: string, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (!existsSync(path)) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${path}`);
+    await sleep(20);
+  }
+}
+
+function dirSize(dir: string): number {
+  return readdirSync(dir).reduce((a, f) => a + statSync(join(dir, f)).size, 0);
+}
+
+interface Sample {
+  dumpWallMs: number;
+  dumpMs: number;
+  restoreWallMs: number;
+  restoreMs: number;
+  imageBytes: number;
+  touchPageMs: number;
+  touchBulkMs: number;
+}
+
+async function once(mib: number, runNo: number): Promise<Sample> {
+  const work = mkdtempSync(join(tmpdir(), 'crest-bench-'));
+  const image = join(work, 'image');
+  const name = `bench-${process.pid}-${mib}-${runNo}`;
+  const job = spawn(process.execPath, [CLI, 'run', '--name', name, '--', TARGET, work, String(mib)], { stdio: 'ignore' });
+  const jobExit = new Promise((r) => job.on('exit', r));
+  try {
+    await waitFile(join(work, 'ready'), 120000);
+    const d = timeCmd(['dump', '--job', name, '-D', image, '--json'], work);
+    await jobExit;
+    const dj = JSON.parse(d.out) as { durationMs: number };
+    const imageBytes = dirSize(image);
+    // Touch baseline right before the restore, in the same conditions.
+    const touchPageMs = touch(mib, 'page');
+    const touchBulkMs = touch(mib, 'bulk');
+    const r = timeCmd(['restore', '-D', image, '--detach', '--json', '--name', `${name}-r`], work);
+    const rj = JSON.parse(r.out) as { durationMs: number; pid: number };
+    try {
+      process.kill(rj.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    return { dumpWallMs: d.ms, dumpMs: dj.durationMs, restoreWallMs: r.ms, restoreMs: rj.durationMs, imageBytes, touchPageMs, touchBulkMs };
+  } finally {
+    try {
+      job.kill('SIGKILL');
+    } catch {
+      /* gone */
+    }
+    await sleep(200);
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  for (const p of [CLI, TARGET, TOUCH]) if (!existsSync(p)) throw new Error(`${p} missing: run npm run build first`);
+  const rows = [];
+  for (const mib of SIZES_MIB) {
+    const runs = mib >= 1024 ? Math.max(3, Math.min(RUNS, 3)) : RUNS;
+    const samples: Sample[] = [];
+    for (let i = 0; i < runs; i++) {
+      samples.push(await once(mib, i));
+      process.stderr.write('.');
+    }
+    const m = (k: keyof Sample): number => median(samples.map((s) => s[k]));
+    const bytes = mib * 1048576;
+    rows.push({
+      mib,
+      runs,
+      dumpWallMs: m('dumpWallMs'),
+      dumpMs: m('dumpMs'),
+      dumpGBps: bytes / 1e9 / (m('dumpMs') / 1000),
+      restoreWallMs: m('restoreWallMs'),
+      restoreMs: m('restoreMs'),
+      imageMiB: m('imageBytes') / 1048576,
+      touchPageMs: m('touchPageMs'),
+      touchBulkMs: m('touchBulkMs'),
+      restoreVsTouch: median(samples.map((s) => s.restoreMs / s.touchPageMs)),
+      samples,
+    });
+  }
+  process.stderr.write('\n');
+  const f = (n: number, d = 0): string => n.toFixed(d);
+  const head = ['memory', 'dump wall', 'dump', 'dump rate', 'restore wall', 'restore', 'image', 'touch (page)', 'touch (bulk)', 'restore/touch'];
+  const table = rows.map((r) => [
+    `${r.mib} MiB`,
+    `${f(r.dumpWallMs)} ms`,
+    `${f(r.dumpMs)} ms`,
+    `${f(r.dumpGBps, 2)} GB/s`,
+    `${f(r.restoreWallMs)} ms`,
+    `${f(r.restoreMs)} ms`,
+    `${f(r.imageMiB, 1)} MiB`,
+    `${f(r.touchPageMs)} ms`,
+    `${f(r.touchBulkMs)} ms`,
+    `${f(r.restoreVsTouch, 2)}x`,
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...table.map((r) => r[i]!.length)));
+  const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
+  console.log(line(head));
+  for (const r of table) console.log(line(r));
+  console.log(`medians of ${RUNS} runs (3 for 1 GiB); "wall" includes starting the crest command; "dump"/"restore" are crest's own timings;`);
+  console.log('restore/touch = restore time over the time this machine takes to first-touch the same amount of fresh memory, measured right before it.');
+  const out = join(ROOT, 'bench', 'results.json');
+  writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), rows }, null, 1) + '\n');
+  console.log(`JSON: ${out}`);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exitCode = 1;
+});
