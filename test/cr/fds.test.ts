@@ -30,6 +30,7 @@ import {
   resumed,
   roundTrip,
   runTargetDirect,
+  sleep,
   startJob,
   targetArgv,
   tmpImageDir,
@@ -222,6 +223,21 @@ describe('refusals leave the process running, untraced', () => {
   test('an fd of a kind crest does not know (a pidfd), named with pid, fd and kind', { timeout: TIMEOUT }, async () => {
     const job = await startJob(target('fd_other'));
     await checkRefused(job, /fd 10 \(pidfd\): pidfd \(anon_inode:\[pidfd\]\) is not supported/);
+  });
+
+  test('a pipe whose read end is outside the job', { timeout: TIMEOUT }, async () => {
+    const job = await startJob(target('fd_pipe'), { extra: ['outside'] });
+    // Take the read end out of the job: open it through /proc from here, then let the target close its own.
+    const reader = fs.openSync(`/proc/${job.hostPid}/fd/19`, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    try {
+      fs.writeFileSync(path.join(job.workDir, 'close19'), '');
+      const end = Date.now() + 10_000;
+      while (fs.existsSync(`/proc/${job.hostPid}/fd/19`) && Date.now() < end) await sleep(10);
+      assert.ok(!fs.existsSync(`/proc/${job.hostPid}/fd/19`), 'the target did not close fd 19');
+      await checkRefused(job, /fd 20 \(pipe\): pipe:\[\d+\]: its read end is open outside the process/);
+    } finally {
+      fs.closeSync(reader);
+    }
   });
 
   test('an established TCP connection', { timeout: TIMEOUT }, async () => {

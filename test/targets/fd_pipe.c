@@ -10,6 +10,10 @@
  * exactly the pattern; capacities, flags, close-on-exec, dup sharing; each
  * pair still connected; C reads its tail then EOF; D's write fails with
  * EPIPE; E keeps packets apart.
+ * With the argument "outside", 19/20 is one more pipe; once W/close19
+ * exists (the test has opened the read end through /proc/PID/fd/19 from
+ * outside the job), the target closes fd 19: its write end 20 then leads
+ * outside the job, and a checkpoint must refuse it. Closed again after go.
  */
 #define TARGET_NAME "fd_pipe"
 #include "fd_common.h"
@@ -57,6 +61,17 @@ static void mkpipe(int flags, int r_at, int r_cloexec, int w_at, int w_cloexec)
     if (w_at >= 0) put_at(p[1], w_at, w_cloexec); else close(p[1]);
 }
 
+static int outside;
+
+/* Tick of the wait loop with "outside": closes fd 19 once the test holds that read end. */
+static void close19(void)
+{
+    if (outside == 1 && access(wpath("close19"), F_OK) == 0) {
+        close(19);
+        outside = 2;
+    }
+}
+
 static int nread(int fd)
 {
     int n = -1;
@@ -84,10 +99,16 @@ int main(int argc, char **argv)
     put_at(c[0], 14, 0);
     mkpipe(0, -1, 0, 15, 0);
     mkpipe(O_DIRECT, 17, 0, 18, 0);
+    outside = argc > 2 && strcmp(argv[2], "outside") == 0;
+    if (outside) mkpipe(0, 19, 0, 20, 0);
     char before[1024];
     fdset(before, sizeof before);
     announce_ready();
-    wait_go(NULL);
+    wait_go(outside ? close19 : NULL);
+    if (outside) {
+        close(20);
+        fdset(before, sizeof before);
+    }
 
     if (sabotage("fdset")) open("/dev/null", O_RDONLY);
     if (sabotage("size")) fcntl(12, F_SETPIPE_SZ, 131072);
