@@ -9,7 +9,7 @@ import { hostname } from 'node:os';
 import { native } from '../sys/native.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, SIG, SYS } from '../sys/constants.js';
-import { readChildren, readMaps, readStat, readStatus, type ProcStatus } from '../proc/index.js';
+import { readChildren, readMaps, readStat, readStatus, readTasks, type ProcStatus } from '../proc/index.js';
 import { Thread, findSyscallInsn } from '../tracer/tracer.js';
 import { ImageWriter } from '../image/writer.js';
 import { FORMAT_VERSION, IMAGE_MAGIC, type ProcessImage, type ThreadImage } from '../image/schema.js';
@@ -111,9 +111,6 @@ function resolveTarget(opts: DumpOptions): Target {
 function refuseUnsupported(pid: number, initPid: number): void {
   const status = readStatus(pid);
   const stat = readStat(pid);
-  if (status.threads > 1) {
-    throw unsupported(pid, 'threads', `it has ${status.threads} threads; multi-threaded processes are not supported yet`);
-  }
   const kids = readChildren(pid);
   if (kids.length > 0) {
     throw unsupported(pid, 'children', `it has child processes (${kids.join(', ')}); process trees are not supported yet`);
@@ -136,12 +133,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const pid = target.pid;
   runner.run('check', () => refuseUnsupported(pid, target.initPid));
   const writer = runner.run('open-image', () => ImageWriter.create(opts.dir, { force: !!opts.force }));
-  let thread: Thread | null = null;
+  let threads: Thread[] = [];
   let committed = false;
   const warnings: string[] = [];
   try {
-    thread = runner.run('freeze', () => freeze(pid));
-    const t = thread;
+    threads = runner.run('freeze', () => freeze(pid));
+    const t = threads[0]!;
     const status = readStatus(pid);
     const stat = readStat(pid);
     const nsPid = status.nspid[status.nspid.length - 1]!;
@@ -156,13 +153,18 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       scratchSize: SCRATCH_SIZE,
       mem: null as unknown as ScratchAllocator,
       proc: { pid: nsPid, ppid: status.ppid === target.initPid ? 1 : 0, pgid: 0, sid: 0 },
-      thr: { tid: nsPid },
+      thr: {},
+      threads: threads.map((th) => ({ thread: th, thr: { tid: nsTid(th.tid) } })),
       writer,
       warnings,
     };
+    ctx.thr = ctx.threads[0]!.thr;
     runner.run('inject', () => injectionWindow(ctx));
     await runner.runAsync('collect', async () => {
-      for (const k of KINDS) if (k.name !== 'memory') await k.dump?.(ctx);
+      for (const k of KINDS) {
+        if (k.name !== 'memory') await k.dump?.(ctx);
+        for (const slot of ctx.threads) k.dumpThread?.(ctx, slot);
+      }
     });
     await runner.runAsync('memory', async () => KINDS.find((k) => k.name === 'memory')!.dump!(ctx));
     const proc = finishProcess(ctx);
@@ -192,11 +194,14 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         }
         // The whole job goes: the process, then its init (which takes the namespace with it).
         t.kill({ reap: opts.reap !== false });
+        for (const th of threads.slice(1)) th.kill({ reap: opts.reap !== false });
         native().kill(target.initPid, SIG.SIGKILL);
       } else {
-        t.restoreOriginal();
-        t.detach();
-        requeueCaught(t);
+        for (const th of threads) {
+          th.restoreOriginal();
+          th.detach();
+          requeueCaught(th);
+        }
       }
     });
     return {
@@ -213,7 +218,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   } catch (e) {
     // Never leave a half image that looks complete, and never leave the process stopped or changed.
     if (!committed) writer.abort();
-    if (thread) thread.release();
+    for (const th of threads) th.release();
     if (!processExists(pid)) {
       throw new CrestError('PROCESS_VANISHED', `pid ${pid} exited during the checkpoint (${(e as Error).message}); no image was written`, { cause: e });
     }
@@ -221,27 +226,55 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   }
 }
 
-function freeze(pid: number): Thread {
-  let t: Thread;
+/** The thread's id inside the job's pid namespace. */
+function nsTid(hostTid: number): number {
+  const st = readStatus(hostTid);
+  return st.nspid[st.nspid.length - 1]!;
+}
+
+/**
+ * Freezes every thread of the process. Threads created while we freeze are
+ * caught by listing the tasks again until a listing brings nothing new (a
+ * frozen thread cannot create more).
+ */
+function freeze(pid: number): Thread[] {
+  const threads = new Map<number, Thread>();
   try {
-    t = Thread.seize(pid);
-  } catch (e) {
-    if (isErrno(e, 'ESRCH')) throw new CrestError('NO_SUCH_PROCESS', `pid ${pid} exited before it could be frozen`, { cause: e });
-    if (isErrno(e, 'EPERM')) {
-      throw new CrestError('PTRACE_DENIED', `the kernel refused to trace pid ${pid} (EPERM): it may be privileged, non-dumpable or already traced`, { cause: e });
+    for (let round = 0; ; round++) {
+      if (round > 1000) throw new CrestError('FREEZE_FAILED', `pid ${pid} keeps creating threads faster than they can be frozen`);
+      let added = false;
+      for (const tid of readTasks(pid)) {
+        if (threads.has(tid)) continue;
+        try {
+          threads.set(tid, Thread.seize(tid));
+          added = true;
+        } catch (e) {
+          if (isErrno(e, 'ESRCH') && tid !== pid) continue; // the thread exited meanwhile
+          if (isErrno(e, 'ESRCH')) throw new CrestError('NO_SUCH_PROCESS', `pid ${pid} exited before it could be frozen`, { cause: e });
+          if (isErrno(e, 'EPERM')) {
+            throw new CrestError('PTRACE_DENIED', `the kernel refused to trace pid ${pid} (EPERM): it may be privileged, non-dumpable or already traced`, { cause: e });
+          }
+          throw e;
+        }
+      }
+      if (!added) break;
     }
-    throw e;
-  }
-  try {
+    // Threads that exited after we seized them leave their Thread behind.
+    for (const [tid, th] of threads) {
+      if (!existsSync(`/proc/${pid}/task/${tid}`)) {
+        th.markDetached();
+        threads.delete(tid);
+      }
+    }
     // Re-check what could have changed between the first look and the freeze.
-    const st = readStatus(pid);
-    if (st.threads > 1) throw unsupported(pid, 'threads', `it has ${st.threads} threads; multi-threaded processes are not supported yet`);
     if (readChildren(pid).length > 0) throw unsupported(pid, 'children', 'it started a child process; process trees are not supported yet');
   } catch (e) {
-    t.release();
+    for (const th of threads.values()) th.release();
     throw e;
   }
-  return t;
+  const main = threads.get(pid);
+  if (!main) throw new CrestError('NO_SUCH_PROCESS', `pid ${pid} has no main thread left`);
+  return [main, ...[...threads.values()].filter((t) => t !== main)];
 }
 
 /**
@@ -258,7 +291,7 @@ function injectionWindow(ctx: DumpContext): void {
   const code = t.readMem(vdso.start, vdso.end - vdso.start);
   const at = findSyscallInsn(code);
   if (at < 0) throw new CrestError('NO_VDSO', 'no syscall instruction in the vDSO');
-  t.setSyscallSite(vdso.start + at);
+  for (const slot of ctx.threads) slot.thread.setSyscallSite(vdso.start + at);
   const scratch = Number(
     t.syscall('mmap', 'map a scratch area', SYS.mmap, 0, SCRATCH_SIZE, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0),
   );
@@ -268,11 +301,15 @@ function injectionWindow(ctx: DumpContext): void {
     for (const k of KINDS) {
       ctx.mem.reset();
       k.dumpInjected?.(ctx);
+      for (const slot of ctx.threads) {
+        ctx.mem.reset();
+        k.dumpThreadInjected?.(ctx, slot);
+      }
     }
   } finally {
     t.syscallRaw(SYS.munmap, scratch, SCRATCH_SIZE);
     ctx.scratch = 0;
-    t.endInjection();
+    for (const slot of ctx.threads) slot.thread.endInjection();
   }
 }
 
@@ -280,8 +317,7 @@ function finishProcess(ctx: DumpContext): ProcessImage {
   const s = ctx.stat;
   ctx.proc.pgid = s.pgrp > 0 ? nsOf(ctx, s.pgrp) : 0;
   ctx.proc.sid = s.session > 0 ? nsOf(ctx, s.session) : 0;
-  const thr = ctx.thr as ThreadImage;
-  return { ...(ctx.proc as ProcessImage), threads: [thr] };
+  return { ...(ctx.proc as ProcessImage), threads: ctx.threads.map((s) => s.thr as ThreadImage) };
 }
 
 /** Translates a host pgid/sid to the job's namespace (0 when it lies outside the job). */

@@ -104,6 +104,8 @@ export const ThreadSchema = v.strictObject({
   ),
   robustList: v.strictObject({ head: hex64, len: u }),
   clearChildTid: hex64,
+  /** The thread's name (/proc/PID/task/TID/comm). */
+  comm: v.optional(v.string()),
 });
 
 /** What PR_SET_MM_MAP restores, plus brk, read from /proc/PID/stat and auxv. */

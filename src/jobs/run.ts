@@ -46,7 +46,7 @@ export async function run(opts: RunOptions): Promise<RunResult> {
         supervisorPid: process.pid,
         helperPid: helper.child.pid ?? 0,
         initPid,
-        initStart: readStat(initPid).starttime,
+        initStart: startTimeOf(initPid),
         createdAt: new Date().toISOString(),
       });
       opts.onStart?.({ name, initPid, pid: Number(job) });
@@ -58,6 +58,15 @@ export async function run(opts: RunOptions): Promise<RunResult> {
     return { name, exit, checkpointedTo };
   } finally {
     unforward();
+  }
+}
+
+/** Start time of a process, or 0 when it is already gone (a job that ended at once). */
+function startTimeOf(pid: number): number {
+  try {
+    return readStat(pid).starttime;
+  } catch {
+    return 0;
   }
 }
 

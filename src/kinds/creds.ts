@@ -35,9 +35,9 @@ export const creds: Kind = {
       noNewPrivs: s.noNewPrivs,
     };
   },
-  restore(ctx) {
+  // Capabilities, the bounding set and no_new_privs are per thread: every thread drops them.
+  restoreThread(ctx, t) {
     const c = ctx.proc.creds;
-    const t = ctx.thread;
     const bnd = BigInt(c.capBnd);
     for (let cap = 0; cap < 64; cap++) {
       if (bnd & (1n << BigInt(cap))) continue;

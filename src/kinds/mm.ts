@@ -70,8 +70,5 @@ export const mm: Kind = {
       ctx.warnings.push(`/proc/self/exe could not be set to ${ctx.proc.exe.path} (${(e as Error).message})`);
     }
     t.syscall('close', 'close the executable', SYS.close, exeFd);
-    const comm = Buffer.alloc(16);
-    comm.write(ctx.proc.comm.slice(0, 15));
-    t.syscall('prctl', 'PR_SET_NAME', SYS.prctl, 15 /* PR_SET_NAME */, ctx.mem.put(comm));
   },
 };

@@ -58,15 +58,15 @@ export function checkXfeatures(ctx: RestoreContext): void {
 
 export const registers: Kind = {
   name: 'registers',
-  dump(ctx) {
-    ctx.thr.regs = regsToImage(ctx.thread.origRegs);
-    const xs = ctx.thread.xstate();
-    ctx.thr.xstate = xs.toString('base64');
-    ctx.thr.xfeatures = '0x' + xfeaturesOf(xs).toString(16);
+  dumpThread(_ctx, { thread, thr }) {
+    thr.regs = regsToImage(thread.origRegs);
+    const xs = thread.xstate();
+    thr.xstate = xs.toString('base64');
+    thr.xfeatures = '0x' + xfeaturesOf(xs).toString(16);
   },
-  restore(ctx) {
-    const t = ctx.proc.threads[0]!;
+  // Last for each thread: after this the thread must not run injected calls.
+  restoreThread(_ctx, thread, t) {
     const regs = resumeRegs(regsFromImage(t.regs));
-    ctx.thread.install(regs, BigInt(t.sigmask), Buffer.from(t.xstate, 'base64'));
+    thread.install(regs, BigInt(t.sigmask), Buffer.from(t.xstate, 'base64'));
   },
 };

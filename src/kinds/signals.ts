@@ -27,22 +27,24 @@ export const signals: Kind = {
       list.push({ sig, handler: hex(handler), flags: hex(flags), restorer: hex(restorer), mask: hex(mask) });
     }
     ctx.proc.sigactions = list;
+  },
+  dumpThreadInjected(ctx, { thread, thr }) {
     const ss = ctx.mem.alloc(24);
-    ctx.thread.syscall('sigaltstack', 'read alternate stack', SYS.sigaltstack, 0, ss);
+    thread.syscall('sigaltstack', 'read alternate stack', SYS.sigaltstack, 0, ss);
     const b = ctx.thread.readMem(ss, 24);
-    ctx.thr.sigaltstack = { sp: hex(b.readBigUInt64LE(0)), flags: b.readInt32LE(8), size: Number(b.readBigUInt64LE(16)) };
+    thr.sigaltstack = { sp: hex(b.readBigUInt64LE(0)), flags: b.readInt32LE(8), size: Number(b.readBigUInt64LE(16)) };
   },
   dump(ctx) {
-    const n = native();
-    ctx.thr.sigmask = hex(ctx.thread.origSigmask);
-    const own = n.ptracePeekSiginfo(ctx.thread.tid, false, 4096);
+    ctx.proc.sharedPending = native().ptracePeekSiginfo(ctx.thread.tid, true, 4096).map((b) => b.toString('base64'));
+  },
+  dumpThread(_ctx, { thread, thr }) {
+    thr.sigmask = hex(thread.origSigmask);
+    const own = native().ptracePeekSiginfo(thread.tid, false, 4096);
     // Signals we took out of the way while freezing were never blocked: they
     // are delivered right after restore, as they would have been.
-    ctx.thr.pending = [...ctx.thread.caughtSignals, ...own].map((b) => b.toString('base64'));
-    ctx.proc.sharedPending = n.ptracePeekSiginfo(ctx.thread.tid, true, 4096).map((b) => b.toString('base64'));
+    thr.pending = [...thread.caughtSignals, ...own].map((b) => b.toString('base64'));
   },
   restore(ctx) {
-    const t = ctx.proc.threads[0]!;
     const act = ctx.mem.alloc(KSIGACTION_SIZE);
     for (const a of ctx.proc.sigactions) {
       const b = Buffer.alloc(KSIGACTION_SIZE);
@@ -53,11 +55,6 @@ export const signals: Kind = {
       ctx.thread.writeMem(act, b);
       ctx.thread.syscall('rt_sigaction', `set action of signal ${a.sig}`, SYS.rt_sigaction, a.sig, act, 0, 8);
     }
-    const ss = Buffer.alloc(24);
-    ss.writeBigUInt64LE(BigInt(t.sigaltstack.sp), 0);
-    ss.writeInt32LE(t.sigaltstack.flags & ~1, 8); // SS_ONSTACK is a report, not a setting
-    ss.writeBigUInt64LE(BigInt(t.sigaltstack.size), 16);
-    ctx.thread.syscall('sigaltstack', 'set alternate stack', SYS.sigaltstack, ctx.mem.put(ss), 0);
     // Queue pending signals while everything is blocked; the real mask goes in with the registers.
     const info = ctx.mem.alloc(128);
     for (const p of ctx.proc.sharedPending) {
@@ -65,10 +62,18 @@ export const signals: Kind = {
       ctx.thread.writeMem(info, b);
       ctx.thread.syscall('rt_sigqueueinfo', 'queue a pending signal', SYS.rt_sigqueueinfo, ctx.proc.pid, b.readInt32LE(0), info);
     }
+  },
+  restoreThread(ctx, thread, t) {
+    const ss = Buffer.alloc(24);
+    ss.writeBigUInt64LE(BigInt(t.sigaltstack.sp), 0);
+    ss.writeInt32LE(t.sigaltstack.flags & ~1, 8); // SS_ONSTACK is a report, not a setting
+    ss.writeBigUInt64LE(BigInt(t.sigaltstack.size), 16);
+    thread.syscall('sigaltstack', 'set alternate stack', SYS.sigaltstack, ctx.mem.put(ss), 0);
+    const info = ctx.mem.alloc(128);
     for (const p of t.pending) {
       const b = Buffer.from(p, 'base64');
       ctx.thread.writeMem(info, b);
-      ctx.thread.syscall(
+      thread.syscall(
         'rt_tgsigqueueinfo',
         'queue a pending thread signal',
         SYS.rt_tgsigqueueinfo,

@@ -28,8 +28,16 @@ export interface DumpContext {
   proc: Partial<ProcessImage>;
   /** The main thread's image being filled in. */
   thr: Partial<ThreadImage>;
+  /** Every thread (main first) with its image being filled in. */
+  threads: ThreadSlot[];
   writer: ImageWriter;
   warnings: string[];
+}
+
+/** One frozen thread and the image being filled in for it. */
+export interface ThreadSlot {
+  thread: Thread;
+  thr: Partial<ThreadImage>;
 }
 
 /** What a kind sees while a process is being rebuilt in a husk. */
@@ -58,8 +66,14 @@ export interface Kind {
   dumpInjected?(ctx: DumpContext): void;
   /** Runs after the injection window, with the thread stopped and its registers back. */
   dump?(ctx: DumpContext): void | Promise<void>;
-  /** Rebuilds this kind's state in the husk. */
+  /** Per-thread part of the injection window: runs in each thread (scratch shared). */
+  dumpThreadInjected?(ctx: DumpContext, slot: ThreadSlot): void;
+  /** Per-thread collection after the injection window. */
+  dumpThread?(ctx: DumpContext, slot: ThreadSlot): void;
+  /** Rebuilds this kind's process-wide state in the husk. */
   restore?(ctx: RestoreContext): void;
+  /** Rebuilds this kind's per-thread state, in thread `thread` of the husk. */
+  restoreThread?(ctx: RestoreContext, thread: Thread, img: ThreadImage): void;
 }
 
 /** Refusal of a process crest cannot fully capture: names pid, what and why. */

@@ -5,7 +5,7 @@
 import { performance } from 'node:perf_hooks';
 import { readImage } from '../image/reader.js';
 import type { Manifest } from '../image/schema.js';
-import { CrestError } from '../sys/errors.js';
+import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, RSEQ_FLAG_UNREGISTER, SIG, SYS } from '../sys/constants.js';
 import { native } from '../sys/native.js';
 import { Thread } from '../tracer/tracer.js';
@@ -53,8 +53,8 @@ function preflight(dir: string): Manifest {
     throw new CrestError('UNSUPPORTED', `the image holds ${m.processes.length} processes; this crest restores one`);
   }
   const proc = m.processes[0]!;
-  if (proc.threads.length !== 1) {
-    throw new CrestError('UNSUPPORTED', `process ${proc.pid} has ${proc.threads.length} threads; this crest restores single-threaded processes`);
+  if (proc.threads[0]?.tid !== proc.pid) {
+    throw new CrestError('IMAGE_INVALID', `process ${proc.pid}: its first thread must be its main thread`);
   }
   preflightMemory(proc, vdsoSizes('self'));
   preflightFiles(proc, m);
@@ -72,12 +72,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
 
   const helper = runner.run('spawn', () => new Helper('restore', ['--task', String(proc.pid)], { detached: !!opts.detach }));
   let thread: Thread | null = null;
+  let threads = new Map<number, Thread>();
   let initPid = 0;
   try {
     const husks = await runner.runAsync('husk', () => awaitHusks(helper));
     initPid = husks.initPid;
+    // Read now: a restored job may finish (and its init with it) right after it resumes.
+    const initStart = readStat(initPid).starttime;
     const huskPid = husks.pids.get(proc.pid)!;
-    thread = runner.run('seize', () => Thread.seize(huskPid, { exitKill: true }));
+    thread = runner.run('seize', () => Thread.seize(huskPid, { exitKill: true, traceClone: true }));
     const t = thread;
     const warnings: string[] = [];
     const ctx: RestoreContext = {
@@ -105,26 +108,40 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // signals: actions and altstack point into restored memory; pending
     // signals are queued while all are blocked (the real mask goes in last).
     runner.run('signals', () => kind('signals').restore!(ctx));
-    // rseq/robust list/tid address: need their memory mapped.
-    runner.run('thread-state', () => kind('thread-state').restore!(ctx));
     // PR_SET_MM_MAP after every mapping exists: the kernel checks the values against them.
     runner.run('mm', () => kind('mm').restore!(ctx));
-    // creds last among injected calls: dropping capabilities ends what we may do.
-    runner.run('creds', () => kind('creds').restore!(ctx));
+    // Threads after the process-wide state they share, before creds: creating
+    // a thread with a chosen TID needs the capability the husk still holds.
+    threads = runner.run('threads', () => createThreads(ctx));
+    // Per-thread state (alternate stack, queued signals, rseq, robust list,
+    // tid address, name), then each thread drops its capabilities (per thread in Linux).
+    runner.run('thread-state', () => {
+      for (const img of proc.threads) {
+        const th = threads.get(img.tid)!;
+        ctx.mem.reset();
+        kind('signals').restoreThread!(ctx, th, img);
+        kind('thread-state').restoreThread!(ctx, th, img);
+      }
+    });
+    runner.run('creds', () => {
+      for (const img of proc.threads) kind('creds').restoreThread!(ctx, threads.get(img.tid)!, img);
+    });
     runner.run('verify', () => checkRestoredLayout(ctx));
     runner.run('registers', () => {
       // The scratch area goes last, from inside itself: the single-step stop
       // comes before the next (now unmapped) instruction would run.
       t.syscall('munmap', 'unmap the scratch area', SYS.munmap, ctx.scratch, SCRATCH_SIZE);
-      kind('registers').restore!(ctx);
+      for (const img of proc.threads) kind('registers').restoreThread!(ctx, threads.get(img.tid)!, img);
     });
-    runner.run('resume', () => t.detach());
+    runner.run('resume', () => {
+      for (const th of threads.values()) th.detach();
+    });
     saveJob({
       name: jobName,
       supervisorPid: opts.detach ? 0 : process.pid,
       helperPid: helper.child.pid ?? 0,
       initPid,
-      initStart: readStat(initPid).starttime,
+      initStart,
       createdAt: new Date().toISOString(),
     });
     return {
@@ -143,6 +160,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // (EXITKILL), and the init takes the whole namespace with it.
     try {
       if (thread) thread.kill();
+      for (const th of threads.values()) if (th !== thread) th.kill();
       if (initPid) native().kill(initPid, SIG.SIGKILL);
     } catch {
       /* already gone */
@@ -152,6 +170,46 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     removeJob(jobName);
     throw e;
   }
+}
+
+/** CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM */
+const THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
+
+/**
+ * Creates the process's other threads with their original TIDs: clone3 with
+ * set_tid, injected into the main thread. Each new thread is attached to us
+ * (PTRACE_O_TRACECLONE) and stops before running a single instruction; its
+ * registers are replaced later like the main thread's.
+ */
+function createThreads(ctx: RestoreContext): Map<number, Thread> {
+  const out = new Map<number, Thread>([[ctx.proc.pid, ctx.thread]]);
+  for (const img of ctx.proc.threads.slice(1)) {
+    ctx.mem.reset();
+    const tids = Buffer.alloc(8);
+    tids.writeInt32LE(img.tid, 0);
+    const tidAt = ctx.mem.put(tids);
+    const stack = ctx.mem.alloc(4096);
+    const args = Buffer.alloc(88); // struct clone_args (CLONE_ARGS_SIZE_VER2)
+    args.writeBigUInt64LE(BigInt(THREAD_FLAGS), 0);
+    args.writeBigUInt64LE(BigInt(stack), 40);
+    args.writeBigUInt64LE(4096n, 48);
+    args.writeBigUInt64LE(BigInt(tidAt), 64);
+    args.writeBigUInt64LE(1n, 72);
+    let got: bigint;
+    try {
+      got = ctx.thread.syscall('clone3', `create thread ${img.tid}`, SYS.clone3, ctx.mem.put(args), 88);
+    } catch (e) {
+      if (isErrno(e, 'EEXIST')) throw new CrestError('PID_TAKEN', `thread id ${img.tid} is taken in the job's namespace`, { cause: e });
+      throw e;
+    }
+    if (Number(got) !== img.tid) throw new CrestError('RESTORE_THREAD', `thread ${img.tid} was created as ${got}`);
+    const host = ctx.thread.newThreads.shift();
+    if (host === undefined) throw new CrestError('RESTORE_THREAD', `thread ${img.tid} was created but not reported to the tracer`);
+    const th = Thread.adopt(host);
+    th.setSyscallSite(ctx.scratch);
+    out.set(img.tid, th);
+  }
+  return out;
 }
 
 /** Reads the helper's control lines until every husk exists. */

@@ -45,6 +45,7 @@ export const SYS = {
   rt_tgsigqueueinfo: 297,
   prlimit64: 302,
   rseq: 334,
+  clone3: 435,
 } as const;
 
 export const PTRACE_O = {
@@ -54,6 +55,7 @@ export const PTRACE_O = {
 } as const;
 
 export const PTRACE_EVENT_STOP = 128;
+export const PTRACE_EVENT_CLONE = 3;
 export const __WALL = 0x40000000;
 export const WNOHANG = 1;
 

@@ -5,7 +5,7 @@
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { native } from '../sys/native.js';
 import { CrestError, SyscallError, errnoName } from '../sys/errors.js';
-import { NT, PTRACE_EVENT_STOP, SIG, WNOHANG, __WALL } from '../sys/constants.js';
+import { NT, PTRACE_EVENT_CLONE, PTRACE_EVENT_STOP, SIG, WNOHANG, __WALL } from '../sys/constants.js';
 import { REG_NAMES, type RegName, type Regs } from '../image/schema.js';
 
 /** Index of each register in struct user_regs_struct. */
@@ -94,6 +94,8 @@ export class Thread {
   readonly origSigmask: bigint;
   /** Signals dequeued while we were stopping the thread; re-queued on release or saved in the image. */
   readonly caughtSignals: Buffer[] = [];
+  /** Threads created by injected clones (host tids), attached to us, not yet adopted. */
+  readonly newThreads: number[] = [];
   private syscallSite = 0;
   private injecting = false;
   private memFd = -1;
@@ -110,9 +112,9 @@ export class Thread {
    * A signal arriving meanwhile shows up as a signal-delivery stop first; it
    * is taken out of the way (kept in caughtSignals) and the wait goes on.
    */
-  static seize(tid: number, opts: { exitKill?: boolean; timeoutMs?: number } = {}): Thread {
+  static seize(tid: number, opts: { exitKill?: boolean; traceClone?: boolean; timeoutMs?: number } = {}): Thread {
     const n = native();
-    n.ptraceSeize(tid, opts.exitKill ? 0x100000 : 0);
+    n.ptraceSeize(tid, (opts.exitKill ? 0x100000 : 0) | (opts.traceClone ? 8 : 0));
     const caught: Buffer[] = [];
     try {
       n.ptraceInterrupt(tid);
@@ -149,6 +151,21 @@ export class Thread {
       }
       throw e;
     }
+  }
+
+  /**
+   * Takes over a thread that an injected clone created: it was attached to us
+   * automatically (PTRACE_O_TRACECLONE) and starts in a ptrace stop.
+   */
+  static adopt(tid: number): Thread {
+    const n = native();
+    for (;;) {
+      const st = waitTask(tid);
+      if (st.kind !== 'stopped') throw new CrestError('TASK_GONE', `new thread ${tid} ended before it could be set up`);
+      if (st.event === PTRACE_EVENT_STOP || st.signal === SIG.SIGSTOP) break;
+      n.ptraceCont(tid, 0);
+    }
+    return new Thread(tid, n.ptraceGetRegs(tid), n.ptraceGetSigmask(tid));
   }
 
   /** Bytes of the task's memory through /proc/PID/mem (reads work on PROT_NONE and read-only pages too). */
@@ -213,8 +230,13 @@ export class Thread {
       if (st.kind !== 'stopped') {
         throw new CrestError('TASK_GONE', `task ${this.tid} ended during an injected system call ${nr} (${describeStatus(st)})`);
       }
-      if (st.signal === SIG.SIGTRAP) break;
-      // Only unblockable signals can get here; SIGKILL ends the task (seen as exit next).
+      if (st.event === PTRACE_EVENT_CLONE) {
+        // An injected clone made a thread; it is attached to us (TRACECLONE).
+        this.newThreads.push(Number(n.ptraceGetEventMsg(this.tid)));
+      } else if (st.signal === SIG.SIGTRAP && st.event === 0) {
+        break;
+      }
+      // Other stops (an interrupt, an unblockable signal): step on; SIGKILL shows as exit next.
       n.ptraceSingleStep(this.tid, 0);
     }
     const out = n.ptraceGetRegs(this.tid);

@@ -108,7 +108,6 @@ describe('dump refuses', () => {
   });
 
   const unsupported: Array<[TargetName, RegExp[]]> = [
-    ['threads2', [/thread/i]],
     ['forker', [/child/i]],
     ['sockfd', [/socket/i, /\b(fd ?)?9\b/]],
   ];

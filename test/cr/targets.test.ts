@@ -68,6 +68,10 @@ test('itimer: ITIMER_REAL keeps ticking', { timeout: TIMEOUT }, async () => {
   await checkRoundTrip('itimer');
 });
 
+test('threads2: a second thread sleeping in a loop, joined after restore', { timeout: TIMEOUT }, async () => {
+  await checkRoundTrip('threads2');
+});
+
 test('itimer_pending: the timer due, SIGALRM blocked and pending at the checkpoint', { timeout: TIMEOUT }, async () => {
   await checkRoundTrip('itimer_pending');
 });

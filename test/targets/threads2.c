@@ -1,5 +1,5 @@
 /*
- * threads2: a process with two threads (crest refuses it: one thread only).
+ * threads2: a process with two threads (restored with both thread ids).
  * The second thread sleeps in a loop until the main thread, after go, asks
  * it to finish; it then reports how many rounds it ran.
  */
