@@ -742,12 +742,12 @@ static void munmap_finalize(napi_env env, void *data, void *hint) {
 }
 
 // A Buffer backed by its own anonymous mapping: page-aligned, as O_DIRECT
-// I/O needs, and populated up front so it is never first-touched on a hot path.
+// I/O needs. Pages are touched on first use only (a small dump uses few).
 static napi_value js_mmapBuffer(napi_env env, napi_callback_info info) {
   static const char FN[] = "mmapBuffer";
   ARGS(1);
   INT_ARG(0, "size", 4096, 1L << 30, size);
-  void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return throw_sys(env, "mmap", "aligned buffer", errno, 0);
   napi_value buf;
   if (napi_create_external_buffer(env, (size_t)size, p, munmap_finalize, (void *)(uintptr_t)size, &buf) != napi_ok) {

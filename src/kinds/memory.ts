@@ -344,6 +344,17 @@ export function mapImageMemory(ctx: RestoreContext): void {
         }
       }
       if (mapProt !== prot) t.syscall('mprotect', `protect ${hexa(v.start)}`, SYS.mprotect, v.start, len, prot);
+      // Names given with PR_SET_VMA_ANON_NAME show as [anon:NAME]; give them back.
+      const named = /^\[anon(?:_shmem)?:(.*)\]$/.exec(v.label ?? '');
+      if (named) {
+        const r = t.syscallRaw(SYS.prctl, 0x53564d41 /* PR_SET_VMA */, 0 /* PR_SET_VMA_ANON_NAME */, v.start, len, ctx.mem.str(named[1]!));
+        if (r < 0n) ctx.warnings.push(`could not name ${hexa(v.start)} ${v.label}: errno ${-r}`);
+      }
+      if (v.vmFlags.includes('lo')) {
+        // Locked memory: best effort within the restoring user's RLIMIT_MEMLOCK.
+        const r = t.syscallRaw(SYS.mlock, v.start, len);
+        if (r < 0n) ctx.warnings.push(`could not lock ${hexa(v.start)}-${hexa(v.end)} in memory: errno ${-r}`);
+      }
       for (const [flag, advice] of VMFLAG_MADVISE) {
         if (!v.vmFlags.includes(flag)) continue;
         const r = t.syscallRaw(SYS.madvise, v.start, len, advice);

@@ -18,6 +18,7 @@ export const SYS = {
   pread64: 17,
   mremap: 25,
   madvise: 28,
+  mlock: 149,
   dup: 32,
   pause: 34,
   nanosleep: 35,

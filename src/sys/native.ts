@@ -65,7 +65,7 @@ export interface Native {
   /** capget(2) v3 for `pid`: 64-bit masks. */
   capget(pid: number): { effective: bigint; permitted: bigint; inheritable: bigint };
   pidfdOpen(pid: number, flags: number): number;
-  /** A page-aligned, pre-populated Buffer of `size` bytes backed by its own mmap (for O_DIRECT I/O). */
+  /** A page-aligned Buffer of `size` bytes backed by its own anonymous mmap (for O_DIRECT I/O). */
   mmapBuffer(size: number): Buffer;
   /** uname release string, e.g. "6.18.44". */
   unameRelease(): string;
