@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -736,6 +737,20 @@ static napi_value js_pidfdOpen(napi_env env, napi_callback_info info) {
   return make_int(env, fd);
 }
 
+// flock(2) on an fd Node opened: crest's locks on checkpoint directories
+// (released by the kernel when the holder dies, however it dies).
+static napi_value js_flock(napi_env env, napi_callback_info info) {
+  static const char FN[] = "flock";
+  ARGS(2);
+  INT_ARG(0, "fd", 0, INT32_MAX, fd);
+  INT_ARG(1, "operation", 0, 15, op);
+  int r;
+  do r = flock((int)fd, (int)op);
+  while (r == -1 && errno == EINTR);
+  if (r == -1) return throw_sys(env, "flock", "", errno, 0);
+  return NULL;
+}
+
 static void munmap_finalize(napi_env env, void *data, void *hint) {
   (void)env;
   munmap(data, (size_t)(uintptr_t)hint);
@@ -896,6 +911,7 @@ static napi_value init(napi_env env, napi_value exports) {
       FUNC(prlimit),
       FUNC(capget),
       FUNC(pidfdOpen),
+      FUNC(flock),
       FUNC(unameRelease),
       FUNC(mmapBuffer),
       FUNC(getxattr),

@@ -65,6 +65,8 @@ export interface Native {
   /** capget(2) v3 for `pid`: 64-bit masks. */
   capget(pid: number): { effective: bigint; permitted: bigint; inheritable: bigint };
   pidfdOpen(pid: number, flags: number): number;
+  /** flock(2): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8; EWOULDBLOCK (EAGAIN) when held elsewhere with LOCK_NB. */
+  flock(fd: number, operation: number): void;
   /** A page-aligned Buffer of `size` bytes backed by its own anonymous mmap (for O_DIRECT I/O). */
   mmapBuffer(size: number): Buffer;
   /** uname release string, e.g. "6.18.44". */
