@@ -195,11 +195,10 @@ function matchFlags(ctx: FdRestoreContext, fd: number, want: number, what: strin
 }
 
 /** Checks before any process exists that every open file can be rebuilt here (files unchanged, data present ...). */
-export function preflightFiles(proc: ProcessImage, manifest?: Manifest): void {
+export function preflightFiles(proc: ProcessImage, manifest: Manifest): void {
   for (const f of proc.files) {
-    if (manifest) for (const ref of dataRefs(f)) checkDataRef(ref, manifest, f);
-    const k = fdKind(f.kind);
-    k.preflight?.(f as never, { manifest: manifest as Manifest, proc });
+    for (const ref of dataRefs(f)) checkDataRef(ref, manifest, f);
+    fdKind(f.kind).preflight?.(f as never, { manifest, proc });
   }
 }
 
