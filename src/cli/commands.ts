@@ -23,6 +23,33 @@ function out(s: string): void {
 
 const mib = (n: number): string => `${(n / 1048576).toFixed(1)} MiB`;
 
+/** "10m", "90s", "1h", "500ms", "1.5h", or plain seconds. */
+export function durationArg(v: string): number {
+  const m = /^([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?$/.exec(v.trim());
+  if (!m) throw new InvalidArgumentError(`expected a duration such as 90s, 10m or 1h, got ${JSON.stringify(v)}`);
+  const ms = Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[(m[2] ?? 's') as 'ms' | 's' | 'm' | 'h'];
+  if (ms < 100 || ms > 2 ** 31 - 1) throw new InvalidArgumentError(`a duration between 100ms and 24 days, got ${JSON.stringify(v)}`);
+  return ms;
+}
+
+/** Signals crest run --on-signal may take for itself (not KILL or STOP, which cannot be caught). */
+const WARNING_SIGNALS = ['SIGUSR1', 'SIGUSR2', 'SIGTERM', 'SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGXCPU', 'SIGPWR', 'SIGALRM'] as const;
+export function signalArg(v: string): NodeJS.Signals {
+  const up = v.trim().toUpperCase();
+  const name = (up.startsWith('SIG') ? up : `SIG${up}`) as NodeJS.Signals;
+  if (!(WARNING_SIGNALS as readonly string[]).includes(name)) {
+    throw new InvalidArgumentError(`expected one of ${WARNING_SIGNALS.map((x) => x.slice(3)).join(', ')}, got ${JSON.stringify(v)}`);
+  }
+  return name;
+}
+
+function countArg(v: string): number {
+  if (!/^[1-9][0-9]*$/.test(v)) throw new InvalidArgumentError(`expected a positive whole number, got ${JSON.stringify(v)}`);
+  return Number(v);
+}
+
+const when = (iso: string | undefined): string => (iso ? iso.replace('T', ' ').replace(/\.[0-9]+Z$/, 'Z') : '?');
+
 /** Builds the command tree; each action sets `result` to the exit code. */
 function program(result: { code: number }): Command {
   const p = new Command('crest')
@@ -44,11 +71,131 @@ function program(result: { code: number }): Command {
   p.command('run')
     .description('run a command as a restorable job (own user+pid+mount namespace)')
     .option('--name <name>', 'job name (default: the command name)')
+    .option('--checkpoint-dir <dir>', 'checkpoint into DIR (DIR/ckpt-0001 ...); a DIR that holds checkpoints is resumed instead of starting the command')
+    .option('--every <duration>', 'with --checkpoint-dir: checkpoint this often (90s, 10m, 1h), the job running on', durationArg)
+    .option('--on-signal <signal>', "with --checkpoint-dir: on this signal (USR1 ...), checkpoint, stop the job and exit 75; the signal is crest's, not the job's", signalArg)
+    .option('--keep <n>', 'with --checkpoint-dir: keep the newest N checkpoints (and what they depend on)', countArg)
     .argument('<command...>', 'the command and its arguments (after --)')
     .action(async (command, o) => {
-      const { run } = await import('../jobs/run.js');
-      const r = await run({ command, name: o.name });
-      result.code = finish(r.exit, r.checkpointedTo, r.name);
+      if (o.checkpointDir === undefined) {
+        if (o.every !== undefined || o.onSignal !== undefined || o.keep !== undefined) {
+          throw new CrestError('USAGE', '--every, --on-signal and --keep need --checkpoint-dir DIR');
+        }
+        const { run } = await import('../jobs/run.js');
+        const r = await run({ command, name: o.name });
+        result.code = finish(r.exit, r.checkpointedTo, r.name);
+        return;
+      }
+      const { runWithCheckpoints } = await import('../jobs/batch.js');
+      const r = await runWithCheckpoints({
+        command,
+        name: o.name,
+        checkpointDir: resolve(o.checkpointDir),
+        everyMs: o.every,
+        onSignal: o.onSignal,
+        keep: o.keep,
+        log: (l) => err(`crest: ${l}`),
+      });
+      if (r.checkpointedTo) {
+        err(`crest: job ${r.name} was checkpointed to ${r.checkpointedTo} and stopped; run the same crest run command again to resume it`);
+        result.code = EXIT.CHECKPOINTED;
+      } else {
+        result.code = finish(r.exit, null, r.name);
+      }
+    });
+
+  p.command('checkpoint')
+    .description('checkpoint a job started with crest run --checkpoint-dir into its directory, now')
+    .requiredOption('--job <name>', 'the job name')
+    .option('--stop', 'stop the job once the checkpoint is complete (its crest run exits 75)')
+    .option('--wait <duration>', 'how long to wait for a checkpoint already being written', durationArg, 60_000)
+    .option('--json', 'print the result as JSON')
+    .action(async (o) => {
+      const { loadJob } = await import('../jobs/registry.js');
+      const { CheckpointDir } = await import('../jobs/ckptdir.js');
+      const { takeCheckpoint } = await import('../jobs/checkpoint.js');
+      const rec = loadJob(o.job);
+      if (!rec) throw new CrestError('NO_SUCH_JOB', `no running job named ${JSON.stringify(o.job)}`);
+      if (!rec.checkpointDir) {
+        throw new CrestError('NO_CHECKPOINT_DIR', `job ${o.job} was not started with --checkpoint-dir; checkpoint it with crest dump --job ${o.job} -D DIR`);
+      }
+      const cd = CheckpointDir.open(rec.checkpointDir);
+      const t = await takeCheckpoint({ cd, job: o.job, stop: !!o.stop, reason: 'request', keep: rec.checkpointKeep, lockWaitMs: o.wait });
+      if (o.json) {
+        out(JSON.stringify({ checkpoint: t.name, path: t.path, parent: t.parent, bytes: t.bytes, durationMs: t.durationMs, pauseMs: t.pauseMs, stopped: t.stopped, removed: t.gc?.removed ?? [] }));
+      } else {
+        for (const w of t.dump.warnings) err(`crest: warning: ${w}`);
+        err(
+          `crest: checkpoint ${t.path}${t.parent ? ` (incremental on ${t.parent})` : ''}: ${mib(t.bytes)} in ${t.durationMs.toFixed(0)} ms; ` +
+            (t.stopped ? 'job stopped' : `the job was paused ${t.pauseMs!.toFixed(0)} ms`),
+        );
+      }
+    });
+
+  p.command('ls')
+    .description('list the checkpoints of a checkpoint directory')
+    .argument('<dir>', 'the checkpoint directory (crest run --checkpoint-dir)')
+    .option('--verify', 'check every byte (default: sizes and manifests only)')
+    .option('--json', 'print JSON')
+    .action(async (dir, o) => {
+      const { CheckpointDir } = await import('../jobs/ckptdir.js');
+      const cd = CheckpointDir.open(resolve(dir));
+      const list = cd.list({ verifyData: !!o.verify });
+      const newest = [...list].reverse().find((e) => e.status === 'complete');
+      const run = cd.runLockHolder();
+      const fin = cd.finished();
+      if (o.json) {
+        out(
+          JSON.stringify(
+            {
+              dir: cd.dir,
+              command: cd.marker.command,
+              running: run,
+              finished: fin,
+              newest: newest?.name ?? null,
+              checkpoints: list.map((e) => ({ name: e.name, status: e.status, createdAt: e.createdAt ?? null, bytes: e.bytes, parent: e.parent, problem: e.problem ?? null })),
+            },
+            null,
+            1,
+          ),
+        );
+        return;
+      }
+      out(`${cd.dir}: checkpoints of \`${cd.marker.command.join(' ')}\`${run ? `, in use by crest run pid ${String(run.pid)}` : ''}${fin ? `, finished (exit ${fin.exitCode})` : ''}`);
+      if (list.length === 0) {
+        out('  (no checkpoints yet)');
+        return;
+      }
+      const rows = list.map((e) => [e.name, when(e.createdAt), mib(e.bytes), e.parent ?? '-', e.status + (e === newest ? ' (newest)' : '')]);
+      const head = ['NAME', 'TIME', 'SIZE', 'PARENT', 'STATUS'];
+      const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+      const line = (r: string[]): string => r.map((c, i) => (i === 2 ? c.padStart(w[i]!) : c.padEnd(w[i]!))).join('  ').trimEnd();
+      out(line(head));
+      for (const r of rows) out(line(r));
+      for (const e of list) if (e.problem) out(`${e.name}: ${e.problem}`);
+    });
+
+  p.command('gc')
+    .description('remove old checkpoints of a checkpoint directory, never one a kept checkpoint depends on')
+    .argument('<dir>', 'the checkpoint directory')
+    .requiredOption('--keep <n>', 'how many complete checkpoints to keep (the newest)', countArg)
+    .option('--dry-run', 'say what would be removed, remove nothing')
+    .option('--json', 'print JSON')
+    .action(async (dir, o) => {
+      const { CheckpointDir, collectGarbage } = await import('../jobs/ckptdir.js');
+      const cd = CheckpointDir.open(resolve(dir));
+      const lock = await cd.lockCheckpoint({ gc: true }, 60_000);
+      try {
+        const r = collectGarbage(cd, o.keep, { dryRun: !!o.dryRun, lockHeld: true });
+        if (!o.dryRun) for (const x of r.removed) cd.event('removed', { checkpoint: x.name, why: x.why, bytes: x.bytes });
+        if (o.json) out(JSON.stringify({ dryRun: !!o.dryRun, ...r }));
+        else {
+          for (const x of r.removed) out(`${o.dryRun ? 'would remove' : 'removed'} ${x.name} (${mib(x.bytes)}): ${x.why}`);
+          out(`kept ${r.kept.length ? r.kept.join(', ') : 'nothing'}`);
+        }
+      } finally {
+        lock.release();
+      }
     });
 
   p.command('dump')

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { CrestError } from '../sys/errors.js';
+import { faultArg, stall } from '../fault.js';
 import { canonicalJson, crc32Hex, manifestChecksum, CHECKSUM_PLACEHOLDER } from './canonical.js';
 import { MANIFEST_NAME, type Manifest } from './schema.js';
 import { checkSchema, checkSemantics, isDataFileName, isLeftoverName, MANIFEST_TMP_NAME } from './validate.js';
@@ -49,6 +50,18 @@ function fsyncDir(dir: string): void {
   } finally {
     if (fd !== undefined) fs.closeSync(fd);
   }
+}
+
+/**
+ * Fault point `enospc-after:N`: data-file writes of this process fail with
+ * ENOSPC once N bytes in all were written (a disk that fills mid-checkpoint).
+ */
+let faultWritten = 0;
+function faultEnospc(len: number): void {
+  const arg = faultArg('enospc-after');
+  if (arg === null) return;
+  faultWritten += len;
+  if (faultWritten > Number(arg)) throw Object.assign(new Error('ENOSPC: no space left on device (fault point enospc-after)'), { code: 'ENOSPC' });
 }
 
 /** Size and CRC-32 of one closed data file, as the manifest records them. */
@@ -94,6 +107,7 @@ export class DataFile {
     this.#size += len;
     this.#inFlight = true;
     try {
+      faultEnospc(len);
       let done = 0;
       while (done < len) {
         const n = await new Promise<number>((resolve, reject) => {
@@ -129,6 +143,7 @@ export class DataFile {
     }
     let done = 0;
     try {
+      faultEnospc(len);
       while (done < len) {
         const n = fs.writeSync(this.#fd, buf, off + done, len - done);
         if (n <= 0) throw Object.assign(new Error('write returned 0'), { code: 'EIO' });
@@ -312,6 +327,8 @@ export class ImageWriter {
    */
   commit(draft: ManifestDraft): Manifest {
     this.#checkOpen('commit');
+    // Fault point: every data file written, no manifest yet (tests kill crest here).
+    if (faultArg('stall-before-manifest') !== null) stall(Number(faultArg('stall-before-manifest')) || 120_000);
     const files: Record<string, DataFileResult> = {};
     for (const [name, file] of [...this.#files].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
       if (!file.closed) throw new CrestError('IMAGE_WRITE', `cannot commit ${this.dir}: data file ${name} is still open`);

@@ -21,6 +21,9 @@ export interface JobRecord {
   createdAt: string;
   /** Set by `crest dump` right before it stops the job after a complete checkpoint. */
   checkpointed?: { dir: string; at: string };
+  /** crest run --checkpoint-dir: where `crest checkpoint --job` writes, and how many it keeps. */
+  checkpointDir?: string;
+  checkpointKeep?: number;
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;

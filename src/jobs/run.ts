@@ -4,7 +4,7 @@
 import { CrestError } from '../sys/errors.js';
 import { readStat } from '../proc/index.js';
 import { Helper, forwardSignals, type HelperExit } from './supervise.js';
-import { checkJobName, freeJobName, loadJob, removeJob, saveJob } from './registry.js';
+import { checkJobName, freeJobName, loadJob, removeJob, saveJob, type JobRecord } from './registry.js';
 
 /** `crest run` exits with this status when its job was checkpointed and stopped: "requeue me". */
 export const EXIT_CHECKPOINTED = 75;
@@ -23,8 +23,26 @@ export interface RunResult {
   checkpointedTo: string | null;
 }
 
-/** Runs the job to its end. */
-export async function run(opts: RunOptions): Promise<RunResult> {
+/** A job started by startJob(), running. */
+export interface StartedJob {
+  name: string;
+  helper: Helper;
+  /** Host PIDs of the job's init and of the job itself (0 when it ended before it could be seen). */
+  initPid: number;
+  pid: number;
+}
+
+/**
+ * Picks the job's name, starts the helper and waits for the job to exist;
+ * records the job (with `record` fields added) for `crest dump --job`.
+ */
+export async function startJob(
+  opts: Pick<RunOptions, 'command' | 'name'> & {
+    record?: Partial<JobRecord>;
+    /** Called as soon as the helper exists (install signal handling here, before any await). */
+    onHelper?: (helper: Helper) => void;
+  },
+): Promise<StartedJob> {
   if (opts.command.length === 0) throw new CrestError('USAGE', 'crest run needs a command: crest run [--name N] -- CMD [ARGS...]');
   let name: string;
   if (opts.name !== undefined) {
@@ -35,27 +53,45 @@ export async function run(opts: RunOptions): Promise<RunResult> {
     name = freeJobName(defaultName(opts.command[0]!));
   }
   const helper = new Helper('run', ['--', ...opts.command]);
-  const unforward = forwardSignals(helper);
+  opts.onHelper?.(helper);
+  let initPid = 0;
+  let pid = 0;
+  const line = await helper.nextLine();
+  if (line !== null && line.startsWith('started ')) {
+    const [, init, job] = line.split(' ');
+    initPid = Number(init);
+    pid = Number(job);
+    saveJob({
+      name,
+      supervisorPid: process.pid,
+      helperPid: helper.child.pid ?? 0,
+      initPid,
+      initStart: startTimeOf(initPid),
+      createdAt: new Date().toISOString(),
+      ...opts.record,
+    });
+  }
+  return { name, helper, initPid, pid };
+}
+
+/** Waits for a started job to end; says whether it ended by being checkpointed, and forgets its record. */
+export async function waitJob(name: string, helper: Helper): Promise<{ exit: HelperExit; checkpointedTo: string | null }> {
+  const exit = await helper.exited;
+  const rec = loadJob(name, { includeEnded: true });
+  const checkpointedTo = rec?.checkpointed?.dir ?? null;
+  removeJob(name);
+  return { exit, checkpointedTo };
+}
+
+/** Runs the job to its end. */
+export async function run(opts: RunOptions): Promise<RunResult> {
+  let unforward = (): void => {};
+  // Signals that arrive while the job starts already go to the helper.
+  const job = await startJob({ ...opts, onHelper: (h) => (unforward = forwardSignals(h)) });
   try {
-    const line = await helper.nextLine();
-    if (line !== null && line.startsWith('started ')) {
-      const [, init, job] = line.split(' ');
-      const initPid = Number(init);
-      saveJob({
-        name,
-        supervisorPid: process.pid,
-        helperPid: helper.child.pid ?? 0,
-        initPid,
-        initStart: startTimeOf(initPid),
-        createdAt: new Date().toISOString(),
-      });
-      opts.onStart?.({ name, initPid, pid: Number(job) });
-    }
-    const exit = await helper.exited;
-    const rec = loadJob(name, { includeEnded: true });
-    const checkpointedTo = rec?.checkpointed?.dir ?? null;
-    removeJob(name);
-    return { name, exit, checkpointedTo };
+    if (job.initPid) opts.onStart?.({ name: job.name, initPid: job.initPid, pid: job.pid });
+    const { exit, checkpointedTo } = await waitJob(job.name, job.helper);
+    return { name: job.name, exit, checkpointedTo };
   } finally {
     unforward();
   }

@@ -93,10 +93,15 @@ export const FORWARDED: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP', 'SIGUSR1', 'SIG
 /** Signals a supervisor ignores for itself: from a terminal they reach the job directly. */
 export const IGNORED: NodeJS.Signals[] = ['SIGINT', 'SIGQUIT'];
 
-/** Installs forwarding of signals to the helper; returns an uninstaller. */
-export function forwardSignals(helper: Helper): () => void {
+/**
+ * Installs forwarding of signals to the helper; returns an uninstaller.
+ * Signals in `except` are left alone (crest run --on-signal handles its own).
+ */
+export function forwardSignals(helper: Helper, opts: { except?: readonly NodeJS.Signals[] } = {}): () => void {
   const handlers: [NodeJS.Signals, () => void][] = [];
+  const except = new Set(opts.except ?? []);
   for (const s of FORWARDED) {
+    if (except.has(s)) continue;
     const h = (): void => {
       try {
         helper.child.kill(s);
@@ -108,6 +113,7 @@ export function forwardSignals(helper: Helper): () => void {
     handlers.push([s, h]);
   }
   for (const s of IGNORED) {
+    if (except.has(s)) continue;
     const h = (): void => {};
     process.on(s, h);
     handlers.push([s, h]);

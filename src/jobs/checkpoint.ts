@@ -1,0 +1,106 @@
+// One checkpoint of a running job into its checkpoint directory: the next
+// number, under the directory's checkpoint lock, so that the timer of
+// `crest run`, its warning signal and `crest checkpoint` from another shell
+// never write at once. Used by the supervisor in-process and by
+// `crest checkpoint`; both go through the same dump().
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { dump, type DumpResult } from '../dump/index.js';
+import { CrestError } from '../sys/errors.js';
+import { CheckpointDir, checkpointName, collectGarbage, type GcResult } from './ckptdir.js';
+
+/** Why a checkpoint is taken (recorded in the event log). */
+export type CheckpointReason = 'timer' | 'signal' | 'request';
+
+export interface CheckpointOptions {
+  cd: CheckpointDir;
+  /** The job's name (its record finds the process). */
+  job: string;
+  /** Stop the job once the checkpoint is complete (it ends with "checkpointed", exit 75). */
+  stop: boolean;
+  reason: CheckpointReason;
+  /** After a complete checkpoint, keep only this many (and what they depend on). */
+  keep?: number;
+  /** How long to wait for a checkpoint already being written (default 10 minutes). */
+  lockWaitMs?: number;
+  onStage?: (name: string, ms: number) => void;
+}
+
+export interface CheckpointTaken {
+  name: string;
+  path: string;
+  /** The checkpoint it is incremental on, or null. */
+  parent: string | null;
+  /** Bytes written (all data files). */
+  bytes: number;
+  durationMs: number;
+  /** How long the job was frozen (from the freeze to its resumption); null when it was stopped. */
+  pauseMs: number | null;
+  stopped: boolean;
+  gc: GcResult | null;
+  dump: DumpResult;
+}
+
+/** The stages during which the job is frozen: from the freeze to the end of finish (resume or kill). */
+export function frozenMs(stages: { name: string; ms: number }[]): number {
+  const from = stages.findIndex((s) => s.name === 'freeze');
+  if (from < 0) return 0;
+  let ms = 0;
+  for (let i = from; i < stages.length; i++) {
+    ms += stages[i]!.ms;
+    if (stages[i]!.name === 'finish') break;
+  }
+  return ms;
+}
+
+/** Takes one checkpoint into cd (the next ckpt-NNNN); removes the directory again if it fails. */
+export async function takeCheckpoint(opts: CheckpointOptions): Promise<CheckpointTaken> {
+  const { cd } = opts;
+  const lock = await cd.lockCheckpoint({ job: opts.job, reason: opts.reason }, opts.lockWaitMs ?? 600_000);
+  const seq = cd.nextSeq();
+  const name = checkpointName(seq);
+  const dir = path.join(cd.dir, name);
+  try {
+    cd.event('checkpoint-start', { checkpoint: name, reason: opts.reason, stop: opts.stop, job: opts.job });
+    let d: DumpResult;
+    try {
+      d = await dump({ job: opts.job, dir, leaveRunning: !opts.stop, reap: true, onStage: opts.onStage });
+    } catch (e) {
+      // The writer removed what it wrote; the empty directory goes too (a crash would leave an incomplete one).
+      try {
+        fs.rmdirSync(dir);
+      } catch {
+        /* not empty or gone: an incomplete checkpoint, which gc removes */
+      }
+      cd.event('checkpoint-failed', { checkpoint: name, reason: opts.reason, code: (e as CrestError).code ?? null, error: (e as Error).message });
+      throw e;
+    }
+    const taken: CheckpointTaken = {
+      name,
+      path: dir,
+      parent: null,
+      bytes: d.pagesBytes,
+      durationMs: d.durationMs,
+      pauseMs: d.stopped ? null : frozenMs(d.stages),
+      stopped: d.stopped,
+      gc: null,
+      dump: d,
+    };
+    cd.event('checkpoint', {
+      checkpoint: name,
+      reason: opts.reason,
+      parent: taken.parent,
+      bytes: taken.bytes,
+      durationMs: Math.round(taken.durationMs),
+      pauseMs: taken.pauseMs === null ? null : Math.round(taken.pauseMs),
+      stopped: taken.stopped,
+    });
+    if (opts.keep !== undefined) {
+      taken.gc = collectGarbage(cd, opts.keep, { lockHeld: true });
+      for (const r of taken.gc.removed) cd.event('removed', { checkpoint: r.name, why: r.why, bytes: r.bytes });
+    }
+    return taken;
+  } finally {
+    lock.release();
+  }
+}
