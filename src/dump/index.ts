@@ -46,6 +46,8 @@ export interface DumpResult {
   /** Host PID of the dumped process and its PID inside the job. */
   pid: number;
   nsPid: number;
+  /** How many processes the image holds. */
+  processes: number;
   pagesBytes: number;
   durationMs: number;
   stages: { name: string; ms: number }[];
@@ -55,6 +57,8 @@ export interface DumpResult {
 
 interface Target {
   pid: number;
+  /** Every process of the job (host PIDs), parents before children. */
+  members: number[];
   initPid: number;
   record: JobRecord | null;
 }
@@ -101,19 +105,30 @@ function resolveTarget(opts: DumpOptions): Target {
     if (job.members.length === 0) throw new CrestError('NO_SUCH_PROCESS', `job of pid ${pid} has no process left`);
     pid = job.members[0]!;
   }
-  if (job.members.length > 1) {
-    throw unsupported(pid, 'process tree', `the job has ${job.members.length} processes; trees are not supported yet`);
-  }
-  return { pid, initPid: job.initPid, record: record ?? job.record };
+  const members = treeMembers(job.initPid);
+  if (members.length === 0) throw new CrestError('NO_SUCH_PROCESS', `job of pid ${pid} has no process left`);
+  return { pid: members[0]!, members, initPid: job.initPid, record: record ?? job.record };
 }
 
 /** Refusals that need only /proc (the process keeps running untouched). */
-function refuseUnsupported(pid: number, initPid: number): void {
+function refuseUnsupported(pid: number, initPid: number, members: number[]): void {
   const status = readStatus(pid);
   const stat = readStat(pid);
-  const kids = readChildren(pid);
+  const kids = readChildren(pid).filter((k) => !members.includes(k));
   if (kids.length > 0) {
-    throw unsupported(pid, 'children', `it has child processes (${kids.join(', ')}); process trees are not supported yet`);
+    throw unsupported(pid, 'children', `it started child processes (${kids.join(', ')}) while being checked; try again`);
+  }
+  // Sessions and process groups made inside the job are not recreated yet.
+  const depth = status.nspid.length;
+  for (const [what, id] of [['process group', stat.pgrp], ['session', stat.session]] as const) {
+    if (id <= 0) continue;
+    let inside = false;
+    try {
+      inside = readStatus(id).nspid.length === depth;
+    } catch {
+      inside = false;
+    }
+    if (inside) throw unsupported(pid, what, `it leads or joined a ${what} created inside the job (id ${id}); not supported yet`);
   }
   if (status.tracerPid !== 0) {
     throw unsupported(pid, 'tracer', `it is already traced by pid ${status.tracerPid}`);
@@ -121,7 +136,7 @@ function refuseUnsupported(pid: number, initPid: number): void {
   if (status.state === 'T' || status.state === 't') {
     throw unsupported(pid, 'state', 'it is stopped; resume it (kill -CONT) first');
   }
-  if (status.state === 'Z' || status.state === 'X') throw new CrestError('NO_SUCH_PROCESS', `pid ${pid} has exited`);
+  if (status.state === 'Z' || status.state === 'X') throw unsupported(pid, 'zombie', 'it has exited and its parent has not reaped it yet; zombies are not supported yet');
   const nsPid = status.nspid[status.nspid.length - 1]!;
   for (const k of KINDS) k.check?.({ hostPid: pid, nsPid, status, stat, initHostPid: initPid });
 }
@@ -131,43 +146,35 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const runner = new StageRunner(opts.onStage);
   const target = runner.run('resolve', () => resolveTarget(opts));
   const pid = target.pid;
-  runner.run('check', () => refuseUnsupported(pid, target.initPid));
+  runner.run('check', () => {
+    for (const m of target.members) refuseUnsupported(m, target.initPid, target.members);
+  });
   const writer = runner.run('open-image', () => ImageWriter.create(opts.dir, { force: !!opts.force }));
-  let threads: Thread[] = [];
+  // Every process of the tree, frozen before any is inspected, so the image is one moment.
+  const frozen = new Map<number, Thread[]>();
   let committed = false;
   const warnings: string[] = [];
   try {
-    threads = runner.run('freeze', () => freeze(pid));
-    const t = threads[0]!;
-    const status = readStatus(pid);
-    const stat = readStat(pid);
-    const nsPid = status.nspid[status.nspid.length - 1]!;
-    const ctx: DumpContext = {
-      hostPid: pid,
-      nsPid,
-      initHostPid: target.initPid,
-      status,
-      stat,
-      thread: t,
-      scratch: 0,
-      scratchSize: SCRATCH_SIZE,
-      mem: null as unknown as ScratchAllocator,
-      proc: { pid: nsPid, ppid: status.ppid === target.initPid ? 1 : 0, pgid: 0, sid: 0 },
-      thr: {},
-      threads: threads.map((th) => ({ thread: th, thr: { tid: nsTid(th.tid) } })),
-      writer,
-      warnings,
-    };
-    ctx.thr = ctx.threads[0]!.thr;
-    runner.run('inject', () => injectionWindow(ctx));
-    await runner.runAsync('collect', async () => {
-      for (const k of KINDS) {
-        if (k.name !== 'memory') await k.dump?.(ctx);
-        for (const slot of ctx.threads) k.dumpThread?.(ctx, slot);
-      }
+    runner.run('freeze', () => {
+      for (const m of target.members) frozen.set(m, freeze(m));
+      // A process created while we froze the tree would be missed: look again.
+      const again = treeMembers(target.initPid);
+      const extra = again.filter((m) => !frozen.has(m));
+      if (extra.length > 0) throw unsupported(extra[0]!, 'process tree', 'a process was created while the tree was being frozen; try again');
     });
-    await runner.runAsync('memory', async () => KINDS.find((k) => k.name === 'memory')!.dump!(ctx));
-    const proc = finishProcess(ctx);
+    const procs: ProcessImage[] = [];
+    for (const m of target.members) {
+      const ctx = newContext(m, frozen.get(m)!, target, writer, warnings);
+      runner.run(`inject:${ctx.nsPid}`, () => injectionWindow(ctx));
+      await runner.runAsync(`collect:${ctx.nsPid}`, async () => {
+        for (const k of KINDS) {
+          if (k.name !== 'memory') await k.dump?.(ctx);
+          for (const slot of ctx.threads) k.dumpThread?.(ctx, slot);
+        }
+      });
+      await runner.runAsync(`memory:${ctx.nsPid}`, async () => KINDS.find((k) => k.name === 'memory')!.dump!(ctx));
+      procs.push(finishProcess(ctx, target.initPid));
+    }
     const manifest = runner.run('manifest', () =>
       writer.commit({
         magic: IMAGE_MAGIC,
@@ -182,7 +189,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
           vdso: [...vdsoSizes(pid)].map(([kind, size]) => ({ kind: kind as 'vdso' | 'vvar' | 'vvar_vclock', size })),
         },
         job: { name: target.record?.name ?? null, pidMode: 'userns', uid: process.getuid!(), gid: process.getgid!() },
-        processes: [proc],
+        processes: procs,
       }),
     );
     committed = true;
@@ -192,15 +199,20 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         if (target.record) {
           saveJob({ ...target.record, checkpointed: { dir: opts.dir, at: new Date().toISOString() } });
         }
-        // The whole job goes: the process, then its init (which takes the namespace with it).
-        t.kill({ reap: opts.reap !== false });
-        for (const th of threads.slice(1)) th.kill({ reap: opts.reap !== false });
-        native().kill(target.initPid, SIG.SIGKILL);
+        // The whole job goes: its processes, then its init (which takes the namespace with it).
+        for (const threads of frozen.values()) for (const th of threads) th.kill({ reap: opts.reap !== false });
+        try {
+          native().kill(target.initPid, SIG.SIGKILL);
+        } catch {
+          /* the init already went with its last process */
+        }
       } else {
-        for (const th of threads) {
-          th.restoreOriginal();
-          th.detach();
-          requeueCaught(th);
+        for (const threads of frozen.values()) {
+          for (const th of threads) {
+            th.restoreOriginal();
+            th.detach();
+            requeueCaught(th);
+          }
         }
       }
     });
@@ -208,7 +220,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       dir: opts.dir,
       jobName: target.record?.name ?? null,
       pid,
-      nsPid,
+      nsPid: procs[0]!.pid,
+      processes: procs.length,
       pagesBytes: Object.values(manifest.files).reduce((a, f) => a + f.size, 0),
       durationMs: runner.totalMs(),
       stages: runner.stages,
@@ -216,14 +229,53 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       stopped,
     };
   } catch (e) {
-    // Never leave a half image that looks complete, and never leave the process stopped or changed.
+    // Never leave a half image that looks complete, and never leave a process stopped or changed.
     if (!committed) writer.abort();
-    for (const th of threads) th.release();
-    if (!processExists(pid)) {
-      throw new CrestError('PROCESS_VANISHED', `pid ${pid} exited during the checkpoint (${(e as Error).message}); no image was written`, { cause: e });
+    for (const threads of frozen.values()) for (const th of threads) th.release();
+    const gone = target.members.find((m) => !processExists(m));
+    if (gone !== undefined) {
+      throw new CrestError('PROCESS_VANISHED', `pid ${gone} exited during the checkpoint (${(e as Error).message}); no image was written`, { cause: e });
     }
     throw e;
   }
+}
+
+/** A dump context for one frozen process of the tree. */
+function newContext(pid: number, threads: Thread[], target: Target, writer: ImageWriter, warnings: string[]): DumpContext {
+  const status = readStatus(pid);
+  const stat = readStat(pid);
+  const nsPid = status.nspid[status.nspid.length - 1]!;
+  const ctx: DumpContext = {
+    hostPid: pid,
+    nsPid,
+    initHostPid: target.initPid,
+    status,
+    stat,
+    thread: threads[0]!,
+    scratch: 0,
+    scratchSize: SCRATCH_SIZE,
+    mem: null as unknown as ScratchAllocator,
+    proc: { pid: nsPid, ppid: 0, pgid: 0, sid: 0 },
+    thr: {},
+    threads: threads.map((th) => ({ thread: th, thr: { tid: nsTid(th.tid) } })),
+    writer,
+    warnings,
+  };
+  ctx.thr = ctx.threads[0]!.thr;
+  return ctx;
+}
+
+/** Every process of the job below its init, parents before children. */
+function treeMembers(initPid: number): number[] {
+  const out: number[] = [];
+  const walk = (p: number): void => {
+    for (const c of readChildren(p)) {
+      out.push(c);
+      walk(c);
+    }
+  };
+  walk(initPid);
+  return out;
 }
 
 /** The thread's id inside the job's pid namespace. */
@@ -266,8 +318,6 @@ function freeze(pid: number): Thread[] {
         threads.delete(tid);
       }
     }
-    // Re-check what could have changed between the first look and the freeze.
-    if (readChildren(pid).length > 0) throw unsupported(pid, 'children', 'it started a child process; process trees are not supported yet');
   } catch (e) {
     for (const th of threads.values()) th.release();
     throw e;
@@ -313,8 +363,9 @@ function injectionWindow(ctx: DumpContext): void {
   }
 }
 
-function finishProcess(ctx: DumpContext): ProcessImage {
+function finishProcess(ctx: DumpContext, initPid: number): ProcessImage {
   const s = ctx.stat;
+  ctx.proc.ppid = ctx.status.ppid === initPid ? 1 : nsOf(ctx, ctx.status.ppid);
   ctx.proc.pgid = s.pgrp > 0 ? nsOf(ctx, s.pgrp) : 0;
   ctx.proc.sid = s.session > 0 ? nsOf(ctx, s.session) : 0;
   return { ...(ctx.proc as ProcessImage), threads: ctx.threads.map((s) => s.thr as ThreadImage) };

@@ -3,8 +3,9 @@
 // process exists; after that, any failure kills the half-built husk (and the
 // job's init with it), so nothing half-restored is ever left running.
 import { performance } from 'node:perf_hooks';
+import { resolve as resolvePath } from 'node:path';
 import { readImage } from '../image/reader.js';
-import type { Manifest } from '../image/schema.js';
+import type { Manifest, ProcessImage } from '../image/schema.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, RSEQ_FLAG_UNREGISTER, SIG, SYS } from '../sys/constants.js';
 import { native } from '../sys/native.js';
@@ -49,92 +50,51 @@ const SCRATCH_SIZE = 64 * 1024;
 /** Everything checked before a process is created. */
 function preflight(dir: string): Manifest {
   const m = readImage(dir, { verifyData: true });
-  if (m.processes.length !== 1) {
-    throw new CrestError('UNSUPPORTED', `the image holds ${m.processes.length} processes; this crest restores one`);
+  const own = vdsoSizes('self');
+  const pids = new Set<number>();
+  for (const proc of m.processes) {
+    if (proc.threads[0]?.tid !== proc.pid) {
+      throw new CrestError('IMAGE_INVALID', `process ${proc.pid}: its first thread must be its main thread`);
+    }
+    // The helper creates parents before children: each parent must come earlier.
+    if (proc.ppid > 1 && !pids.has(proc.ppid)) {
+      throw new CrestError('IMAGE_INVALID', `process ${proc.pid}: its parent ${proc.ppid} is not an earlier process of the image`);
+    }
+    pids.add(proc.pid);
+    preflightMemory(proc, own);
+    preflightFiles(proc, m);
+    verifyFile(proc.exe, 'executable');
   }
-  const proc = m.processes[0]!;
-  if (proc.threads[0]?.tid !== proc.pid) {
-    throw new CrestError('IMAGE_INVALID', `process ${proc.pid}: its first thread must be its main thread`);
-  }
-  preflightMemory(proc, vdsoSizes('self'));
-  preflightFiles(proc, m);
-  verifyFile(proc.exe, 'executable');
   return m;
 }
 
 /** Restores the image in opts.dir as a new crest job. */
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const runner = new StageRunner(opts.onStage);
+  // Absolute: the husk opens image files by path, from its own working directory.
+  opts = { ...opts, dir: resolvePath(opts.dir) };
   const manifest = runner.run('read-image', () => preflight(opts.dir));
-  const proc = manifest.processes[0]!;
   if (opts.name !== undefined) checkJobName(opts.name);
   const jobName = opts.name ?? freeJobName(manifest.job.name ?? 'job');
-
-  const helper = runner.run('spawn', () => new Helper('restore', ['--task', String(proc.pid)], { detached: !!opts.detach }));
-  let thread: Thread | null = null;
-  let threads = new Map<number, Thread>();
+  const tasks = manifest.processes.flatMap((p) => ['--task', p.ppid > 1 ? `${p.pid}:${p.ppid}` : String(p.pid)]);
+  const helper = runner.run('spawn', () => new Helper('restore', tasks, { detached: !!opts.detach }));
+  // Every thread of every husk we hold: killed together on failure, let go together on success.
+  const held: Thread[] = [];
   let initPid = 0;
+  const warnings: string[] = [];
   try {
     const husks = await runner.runAsync('husk', () => awaitHusks(helper));
     initPid = husks.initPid;
     // Read now: a restored job may finish (and its init with it) right after it resumes.
     const initStart = readStat(initPid).starttime;
-    const huskPid = husks.pids.get(proc.pid)!;
-    thread = runner.run('seize', () => Thread.seize(huskPid, { exitKill: true, traceClone: true }));
-    const t = thread;
-    const warnings: string[] = [];
-    const ctx: RestoreContext = {
-      manifest,
-      proc,
-      dir: opts.dir,
-      thread: t,
-      huskHostPid: huskPid,
-      scratch: 0,
-      scratchSize: SCRATCH_SIZE,
-      mem: null as unknown as ScratchAllocator,
-      warnings,
-    };
-    runner.run('prepare', () => prepareHusk(ctx));
-    // Order matters, and each step says why it comes where it does:
-    // memory first: every later call may point into the restored address space.
-    runner.run('memory', () => {
-      replaceHuskMemory(ctx);
-      mapImageMemory(ctx);
-    });
-    // files next: before creds drop the husk's capabilities, and after memory
-    // so the pages file and mapped files are already closed again.
-    runner.run('files', () => kind('files').restore!(ctx));
-    runner.run('process', () => kind('process').restore!(ctx));
-    // signals: actions and altstack point into restored memory; pending
-    // signals are queued while all are blocked (the real mask goes in last).
-    runner.run('signals', () => kind('signals').restore!(ctx));
-    // PR_SET_MM_MAP after every mapping exists: the kernel checks the values against them.
-    runner.run('mm', () => kind('mm').restore!(ctx));
-    // Threads after the process-wide state they share, before creds: creating
-    // a thread with a chosen TID needs the capability the husk still holds.
-    threads = runner.run('threads', () => createThreads(ctx));
-    // Per-thread state (alternate stack, queued signals, rseq, robust list,
-    // tid address, name), then each thread drops its capabilities (per thread in Linux).
-    runner.run('thread-state', () => {
-      for (const img of proc.threads) {
-        const th = threads.get(img.tid)!;
-        ctx.mem.reset();
-        kind('signals').restoreThread!(ctx, th, img);
-        kind('thread-state').restoreThread!(ctx, th, img);
-      }
-    });
-    runner.run('creds', () => {
-      for (const img of proc.threads) kind('creds').restoreThread!(ctx, threads.get(img.tid)!, img);
-    });
-    runner.run('verify', () => checkRestoredLayout(ctx));
-    runner.run('registers', () => {
-      // The scratch area goes last, from inside itself: the single-step stop
-      // comes before the next (now unmapped) instruction would run.
-      t.syscall('munmap', 'unmap the scratch area', SYS.munmap, ctx.scratch, SCRATCH_SIZE);
-      for (const img of proc.threads) kind('registers').restoreThread!(ctx, threads.get(img.tid)!, img);
-    });
+    for (const proc of manifest.processes) {
+      const huskPid = husks.pids.get(proc.pid);
+      if (huskPid === undefined) throw new CrestError('HELPER_FAILED', `the helper did not report a husk for pid ${proc.pid}`);
+      restoreProcess(runner, manifest, proc, opts.dir, huskPid, held, warnings);
+    }
+    // Everything is in place: let every thread of every process go.
     runner.run('resume', () => {
-      for (const th of threads.values()) th.detach();
+      for (const th of held) th.detach();
     });
     saveJob({
       name: jobName,
@@ -144,10 +104,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       initStart,
       createdAt: new Date().toISOString(),
     });
+    const first = manifest.processes[0]!;
     return {
       jobName,
-      pid: huskPid,
-      nsPid: proc.pid,
+      pid: husks.pids.get(first.pid)!,
+      nsPid: first.pid,
       initPid,
       durationMs: runner.totalMs(),
       stages: runner.stages,
@@ -156,11 +117,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       helper,
     };
   } catch (e) {
-    // Nothing half-built survives: the husk dies with its tracer's grip
-    // (EXITKILL), and the init takes the whole namespace with it.
+    // Nothing half-built survives: the husks die (EXITKILL too, should we
+    // die), and the init takes the whole namespace with it.
+    for (const th of held) th.kill();
     try {
-      if (thread) thread.kill();
-      for (const th of threads.values()) if (th !== thread) th.kill();
       if (initPid) native().kill(initPid, SIG.SIGKILL);
     } catch {
       /* already gone */
@@ -172,6 +132,71 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
 }
 
+/** Turns one husk into one process of the image; its threads stay stopped (added to `held`). */
+function restoreProcess(
+  runner: StageRunner,
+  manifest: Manifest,
+  proc: ProcessImage,
+  dir: string,
+  huskPid: number,
+  held: Thread[],
+  warnings: string[],
+): void {
+  const tag = manifest.processes.length > 1 ? `:${proc.pid}` : '';
+  const t = runner.run(`seize${tag}`, () => Thread.seize(huskPid, { exitKill: true, traceClone: true }));
+  held.push(t);
+  const ctx: RestoreContext = {
+    manifest,
+    proc,
+    dir,
+    thread: t,
+    huskHostPid: huskPid,
+    scratch: 0,
+    scratchSize: SCRATCH_SIZE,
+    mem: null as unknown as ScratchAllocator,
+    warnings,
+  };
+  runner.run(`prepare${tag}`, () => prepareHusk(ctx));
+  // Order matters, and each step says why it comes where it does:
+  // memory first: every later call may point into the restored address space.
+  runner.run(`memory${tag}`, () => {
+    replaceHuskMemory(ctx);
+    mapImageMemory(ctx);
+  });
+  // files next: before creds drop the husk's capabilities, and after memory
+  // so the pages file and mapped files are already closed again.
+  runner.run(`files${tag}`, () => kind('files').restore!(ctx));
+  runner.run(`process${tag}`, () => kind('process').restore!(ctx));
+  // signals: actions point into restored memory; pending signals are queued
+  // while all are blocked (the real masks go in last, with the registers).
+  runner.run(`signals${tag}`, () => kind('signals').restore!(ctx));
+  // PR_SET_MM_MAP after every mapping exists: the kernel checks the values against them.
+  runner.run(`mm${tag}`, () => kind('mm').restore!(ctx));
+  // Threads after the process-wide state they share, before creds: creating
+  // a thread with a chosen TID needs the capability the husk still holds.
+  const threads = runner.run(`threads${tag}`, () => createThreads(ctx, held));
+  // Per-thread state (alternate stack, queued signals, rseq, robust list,
+  // tid address, name), then each thread drops its capabilities (per thread in Linux).
+  runner.run(`thread-state${tag}`, () => {
+    for (const img of proc.threads) {
+      const th = threads.get(img.tid)!;
+      ctx.mem.reset();
+      kind('signals').restoreThread!(ctx, th, img);
+      kind('thread-state').restoreThread!(ctx, th, img);
+    }
+  });
+  runner.run(`creds${tag}`, () => {
+    for (const img of proc.threads) kind('creds').restoreThread!(ctx, threads.get(img.tid)!, img);
+  });
+  runner.run(`verify${tag}`, () => checkRestoredLayout(ctx));
+  runner.run(`registers${tag}`, () => {
+    // The scratch area goes last, from inside itself: the single-step stop
+    // comes before the next (now unmapped) instruction would run.
+    t.syscall('munmap', 'unmap the scratch area', SYS.munmap, ctx.scratch, SCRATCH_SIZE);
+    for (const img of proc.threads) kind('registers').restoreThread!(ctx, threads.get(img.tid)!, img);
+  });
+}
+
 /** CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM */
 const THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
 
@@ -181,7 +206,7 @@ const THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
  * (PTRACE_O_TRACECLONE) and stops before running a single instruction; its
  * registers are replaced later like the main thread's.
  */
-function createThreads(ctx: RestoreContext): Map<number, Thread> {
+function createThreads(ctx: RestoreContext, held: Thread[]): Map<number, Thread> {
   const out = new Map<number, Thread>([[ctx.proc.pid, ctx.thread]]);
   for (const img of ctx.proc.threads.slice(1)) {
     ctx.mem.reset();
@@ -206,6 +231,7 @@ function createThreads(ctx: RestoreContext): Map<number, Thread> {
     const host = ctx.thread.newThreads.shift();
     if (host === undefined) throw new CrestError('RESTORE_THREAD', `thread ${img.tid} was created but not reported to the tracer`);
     const th = Thread.adopt(host);
+    held.push(th);
     th.setSyscallSite(ctx.scratch);
     out.set(img.tid, th);
   }

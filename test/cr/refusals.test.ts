@@ -108,7 +108,6 @@ describe('dump refuses', () => {
   });
 
   const unsupported: Array<[TargetName, RegExp[]]> = [
-    ['forker', [/child/i]],
     ['sockfd', [/socket/i, /\b(fd ?)?9\b/]],
   ];
   for (const [target, messages] of unsupported) {

@@ -72,6 +72,10 @@ test('threads2: a second thread sleeping in a loop, joined after restore', { tim
   await checkRoundTrip('threads2');
 });
 
+test('forker: a parent waiting on its child (a process tree), both restored with their PIDs', { timeout: TIMEOUT }, async () => {
+  await checkRoundTrip('forker');
+});
+
 test('itimer_pending: the timer due, SIGALRM blocked and pending at the checkpoint', { timeout: TIMEOUT }, async () => {
   await checkRoundTrip('itimer_pending');
 });

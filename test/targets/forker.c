@@ -1,5 +1,5 @@
 /*
- * forker: a process with a child (crest refuses it: single-process jobs only).
+ * forker: a process with a child (a two-process tree restored with both PIDs).
  * The child polls for W/go as well and exits 42; the parent reaps it.
  */
 #define TARGET_NAME "forker"
