@@ -390,6 +390,10 @@ export const ProcessSchema = v.strictObject({
   /** [resource number, soft, hard] for every RLIMIT_*. */
   rlimits: v.array(v.tuple([u, hex64, hex64])),
   itimers: v.strictObject({ real: TimevalPair, virtual: TimevalPair, prof: TimevalPair }),
+  /** Per-process prctl settings: parent-death signal, child subreaper, timer slack (ns), THP disabled. */
+  prctl: v.optional(
+    v.strictObject({ pdeathsig: v.pipe(int, v.minValue(0), v.maxValue(64)), childSubreaper: v.boolean(), timerslackNs: u, thpDisable: v.boolean() }),
+  ),
   mm: MmSchema,
   vmas: v.array(VmaSchema),
   /** Name of this process's pages file inside the image directory. */

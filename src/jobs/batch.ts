@@ -133,7 +133,9 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
         opts.onCheckpoint?.(t);
         return t;
       } catch (err) {
-        if (ended) return null; // the job ended meanwhile: nothing to checkpoint
+        // The job ending while it was being checkpointed is no failure: its end follows.
+        await Promise.race([exitSeen, new Promise((r) => setTimeout(r, 500))]);
+        if (ended) return null;
         log(`warning: the ${reason} checkpoint failed, the job keeps running: ${(err as Error).message}`);
         return null;
       }

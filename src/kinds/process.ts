@@ -8,6 +8,14 @@ import { unsupported, type Kind } from './types.js';
 
 const hex = (v: bigint): string => '0x' + BigInt.asUintN(64, v).toString(16);
 const ITIMERS = ['real', 'virtual', 'prof'] as const;
+const PR_SET_PDEATHSIG = 1;
+const PR_GET_PDEATHSIG = 2;
+const PR_SET_TIMERSLACK = 29;
+const PR_GET_TIMERSLACK = 30;
+const PR_SET_CHILD_SUBREAPER = 36;
+const PR_GET_CHILD_SUBREAPER = 37;
+const PR_SET_THP_DISABLE = 41;
+const PR_GET_THP_DISABLE = 42;
 const RLIMIT_NAMES = [
   'cpu', 'fsize', 'data', 'stack', 'core', 'rss', 'nproc', 'nofile', 'memlock', 'as', 'locks',
   'sigpending', 'msgqueue', 'nice', 'rtprio', 'rttime',
@@ -37,6 +45,14 @@ export const processAttrs: Kind = {
       itimers[name] = { intervalUs: us(0), valueUs: us(16) };
     });
     ctx.proc.itimers = itimers;
+    const t = ctx.thread;
+    t.syscall('prctl', 'PR_GET_PDEATHSIG', SYS.prctl, PR_GET_PDEATHSIG, out);
+    const pdeathsig = t.readMem(out, 4).readInt32LE(0);
+    t.syscall('prctl', 'PR_GET_CHILD_SUBREAPER', SYS.prctl, PR_GET_CHILD_SUBREAPER, out);
+    const childSubreaper = t.readMem(out, 4).readInt32LE(0) !== 0;
+    const timerslackNs = Number(t.syscall('prctl', 'PR_GET_TIMERSLACK', SYS.prctl, PR_GET_TIMERSLACK, 0, 0, 0, 0));
+    const thpDisable = t.syscall('prctl', 'PR_GET_THP_DISABLE', SYS.prctl, PR_GET_THP_DISABLE, 0, 0, 0, 0) !== 0n;
+    ctx.proc.prctl = { pdeathsig, childSubreaper, timerslackNs, thpDisable };
   },
   dump(ctx) {
     const pid = ctx.hostPid;
@@ -82,6 +98,13 @@ export const processAttrs: Kind = {
     } catch (e) {
       if (!isErrno(e, 'EACCES') && !isErrno(e, 'EPERM')) throw e;
       ctx.warnings.push(`nice value ${p.nice} needs a privilege you lack; the process keeps the default`);
+    }
+    if (p.prctl) {
+      const c = p.prctl;
+      if (c.pdeathsig) t.syscall('prctl', 'PR_SET_PDEATHSIG', SYS.prctl, PR_SET_PDEATHSIG, c.pdeathsig, 0, 0, 0);
+      if (c.childSubreaper) t.syscall('prctl', 'PR_SET_CHILD_SUBREAPER', SYS.prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+      t.syscall('prctl', 'PR_SET_TIMERSLACK', SYS.prctl, PR_SET_TIMERSLACK, c.timerslackNs, 0, 0, 0);
+      if (c.thpDisable) t.syscall('prctl', 'PR_SET_THP_DISABLE', SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
     const itv = ctx.mem.alloc(32);
     ITIMERS.forEach((name, which) => {
