@@ -48,6 +48,12 @@ function readError(e: unknown, file: string): never {
 export interface ReadImageOptions {
   /** Check every data file's CRC-32 (reads all of them); default true. Sizes are always checked. */
   verifyData?: boolean;
+  /**
+   * Data files whose checksum the caller verifies itself while it streams
+   * them (restore checks the pages files as it loads them, so the file is
+   * read once); every other file is still verified here.
+   */
+  verifiedByCaller?: (name: string) => boolean;
 }
 
 /**
@@ -190,6 +196,7 @@ export function readImage(dir: string, opts: ReadImageOptions = {}): Manifest {
   if (verifyData) {
     let chunk: Buffer | undefined;
     for (const name of names) {
+      if (opts.verifiedByCaller?.(name)) continue;
       const entry = manifest.files[name]!;
       const p = path.join(dir, name);
       chunk ??= Buffer.allocUnsafe(CHUNK_SIZE);

@@ -3,7 +3,8 @@
 // and pages of private file mappings that were written). Restore maps each
 // area at its address and reads the stored pages straight from the image into
 // the husk (an injected pread64: one kernel copy, no trip through crest).
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, read as fsRead, readSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
 import { join } from 'node:path';
 import { readMaps, readSmaps, type SmapsEntry } from '../proc/index.js';
 import { native } from '../sys/native.js';
@@ -295,13 +296,19 @@ const VMFLAG_MADVISE: [string, number][] = [
   ['nh', MADV.NOHUGEPAGE],
 ];
 
-/** Maps every recorded area at its address and fills it from the pages file. */
-export function mapImageMemory(ctx: RestoreContext): void {
+/**
+ * Maps every recorded area at its address and fills it from the pages file,
+ * in one pass over the file: crest reads it (O_DIRECT, the next chunk on the
+ * libuv pool while this one is placed), checks its CRC-32 as it goes, and
+ * writes each chunk into the husk's memory, populated in bulk first. A
+ * mismatch is found before any restored code has run: restore then kills
+ * the husk, so a corrupted image never runs.
+ */
+export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
   const t = ctx.thread;
   const pagesPath = join(ctx.dir, ctx.proc.pagesFile);
-  const pagesFd = Number(t.syscall('openat', `open ${pagesPath}`, SYS.openat, -100, ctx.mem.str(pagesPath), O.RDONLY | O.CLOEXEC, 0));
+  const loader = new PageLoader(pagesPath, ctx.huskHostPid);
   const fileFds = new Map<string, number>();
-  let fileOff = 0;
   try {
     for (const v of ctx.proc.vmas) {
       if (SPECIAL.has(v.kind)) continue;
@@ -329,19 +336,14 @@ export function mapImageMemory(ctx: RestoreContext): void {
       const got = t.syscall('mmap', `map ${hexa(v.start)}-${hexa(v.end)}`, SYS.mmap, v.start, len, mapProt, flags, fd, v.kind === 'file' ? v.pgoff : 0);
       if (Number(got) !== v.start) throw new CrestError('RESTORE_MMAP', `mmap placed ${hexa(v.start)} at ${hexa(Number(got))}`);
       for (const [first, count] of v.runs) {
-        let addr = v.start + first * PAGE_SIZE;
-        let left = count * PAGE_SIZE;
-        while (left > 0) {
-          const n = Math.min(left, MAX_IO);
-          // Populate in bulk first: first-touch faults page by page cost ~20x more.
-          const pop = t.syscallRaw(SYS.madvise, addr, n, MADV.POPULATE_WRITE);
-          if (pop < 0n && pop !== -22n) throw new CrestError('RESTORE_MEMORY', `populating ${hexa(addr)}: errno ${-pop}`);
-          const r = t.syscall('pread64', `read pages into ${hexa(addr)}`, SYS.pread64, pagesFd, addr, n, fileOff);
-          if (Number(r) !== n) throw new CrestError('IMAGE_TRUNCATED', `pages file ${pagesPath} ended early at offset ${fileOff}`);
-          fileOff += n;
-          addr += n;
-          left -= n;
+        const addr = v.start + first * PAGE_SIZE;
+        const n = count * PAGE_SIZE;
+        // Populate in bulk first: first-touch faults page by page cost ~20x more.
+        for (let off = 0; off < n; off += MAX_IO) {
+          const pop = t.syscallRaw(SYS.madvise, addr + off, Math.min(MAX_IO, n - off), MADV.POPULATE_WRITE);
+          if (pop < 0n && pop !== -22n) throw new CrestError('RESTORE_MEMORY', `populating ${hexa(addr + off)}: errno ${-pop}`);
         }
+        await loader.load(addr, n);
       }
       if (mapProt !== prot) t.syscall('mprotect', `protect ${hexa(v.start)}`, SYS.mprotect, v.start, len, prot);
       // Names given with PR_SET_VMA_ANON_NAME show as [anon:NAME]; give them back.
@@ -361,9 +363,111 @@ export function mapImageMemory(ctx: RestoreContext): void {
         if (r < 0n) ctx.warnings.push(`madvise(${flag}) on ${hexa(v.start)} failed: errno ${-r}`);
       }
     }
+    const want = ctx.manifest.files[ctx.proc.pagesFile]?.crc32;
+    const got = loader.finish();
+    if (got !== want) {
+      throw new CrestError('IMAGE_CHECKSUM', `pages file ${pagesPath} is corrupted (CRC-32 ${got}, the image says ${want}); the restore was abandoned before the process ran`);
+    }
   } finally {
+    loader.close();
     for (const fd of fileFds.values()) t.syscallRaw(SYS.close, fd);
-    t.syscallRaw(SYS.close, pagesFd);
+  }
+}
+
+/**
+ * Streams the pages file into the husk: the read of the next chunk runs on
+ * the libuv pool while this one is checksummed and written into the husk.
+ */
+class PageLoader {
+  private readonly fd: number;
+  private readonly direct: boolean;
+  private off = 0;
+  private crc = 0;
+  private which = 0;
+  /** A read already started for the chunk at `aheadOff` of `aheadLen` bytes. */
+  private ahead: Promise<number> | null = null;
+  private aheadOff = -1;
+  private aheadLen = 0;
+
+  constructor(
+    private readonly path: string,
+    private readonly pid: number,
+  ) {
+    try {
+      this.fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
+      this.direct = true;
+    } catch {
+      this.fd = openSync(path, 'r');
+      this.direct = false;
+    }
+  }
+
+  private startRead(buf: Buffer, off: number, len: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const step = (done: number): void => {
+        if (done >= len) return resolve(done);
+        fsRead(this.fd, buf, done, len - done, off + done, (err, n) => {
+          if (err) return reject(err);
+          if (n === 0) return resolve(done);
+          step(done + n);
+        });
+      };
+      step(0);
+    });
+  }
+
+  /** Fills [addr, addr+len) of the husk with the next `len` bytes of the file. */
+  async load(addr: number, len: number): Promise<void> {
+    const bufs = buffers();
+    let done = 0;
+    while (done < len) {
+      const n = Math.min(IO_CHUNK, len - done);
+      const buf = bufs[this.which]!;
+      let got: number;
+      if (this.ahead && this.aheadOff === this.off && this.aheadLen === n) {
+        got = await this.ahead;
+      } else {
+        if (this.ahead) await this.ahead.catch(() => 0);
+        got = await this.startRead(buf, this.off, n);
+      }
+      this.ahead = null;
+      if (got !== n) throw new CrestError('IMAGE_TRUNCATED', `pages file ${this.path} ended early at offset ${this.off + got}`);
+      // Read ahead the next chunk of this run into the other buffer.
+      const nextLen = Math.min(IO_CHUNK, len - done - n);
+      if (nextLen > 0) {
+        this.aheadOff = this.off + n;
+        this.aheadLen = nextLen;
+        this.ahead = this.startRead(bufs[this.which ^ 1]!, this.aheadOff, nextLen);
+        this.ahead.catch(() => 0);
+      }
+      this.crc = crc32(buf.subarray(0, n), this.crc);
+      let w = 0;
+      while (w < n) {
+        const k = native().processVmWritev(this.pid, addr + done + w, buf, w, n - w);
+        if (k <= 0) throw new CrestError('RESTORE_MEMORY', `could not write the husk's memory at ${hexa(addr + done + w)}`);
+        w += k;
+      }
+      this.which ^= 1;
+      this.off += n;
+      done += n;
+    }
+  }
+
+  /** The CRC-32 of everything loaded (8 hex digits). */
+  finish(): string {
+    return (this.crc >>> 0).toString(16).padStart(8, '0');
+  }
+
+  close(): void {
+    try {
+      closeSync(this.fd);
+    } catch {
+      /* closed */
+    }
+  }
+
+  get usesDirectIo(): boolean {
+    return this.direct;
   }
 }
 

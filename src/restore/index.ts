@@ -49,7 +49,9 @@ const SCRATCH_SIZE = 64 * 1024;
 
 /** Everything checked before a process is created. */
 function preflight(dir: string): Manifest {
-  const m = readImage(dir, { verifyData: true });
+  // Pages files are checked as they are loaded (one read of the biggest
+  // files): a mismatch ends the restore before any restored code runs.
+  const m = readImage(dir, { verifyData: true, verifiedByCaller: (name) => /^pages-\d+\.img$/.test(name) });
   const own = vdsoSizes('self');
   const pids = new Set<number>();
   for (const proc of m.processes) {
@@ -90,7 +92,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const proc of manifest.processes) {
       const huskPid = husks.pids.get(proc.pid);
       if (huskPid === undefined) throw new CrestError('HELPER_FAILED', `the helper did not report a husk for pid ${proc.pid}`);
-      restoreProcess(runner, manifest, proc, opts.dir, huskPid, held, warnings);
+      await restoreProcess(runner, manifest, proc, opts.dir, huskPid, held, warnings);
     }
     // Everything is in place: let every thread of every process go.
     runner.run('resume', () => {
@@ -133,7 +135,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
 }
 
 /** Turns one husk into one process of the image; its threads stay stopped (added to `held`). */
-function restoreProcess(
+async function restoreProcess(
   runner: StageRunner,
   manifest: Manifest,
   proc: ProcessImage,
@@ -141,7 +143,7 @@ function restoreProcess(
   huskPid: number,
   held: Thread[],
   warnings: string[],
-): void {
+): Promise<void> {
   const tag = manifest.processes.length > 1 ? `:${proc.pid}` : '';
   const t = runner.run(`seize${tag}`, () => Thread.seize(huskPid, { exitKill: true, traceClone: true }));
   held.push(t);
@@ -159,9 +161,9 @@ function restoreProcess(
   runner.run(`prepare${tag}`, () => prepareHusk(ctx));
   // Order matters, and each step says why it comes where it does:
   // memory first: every later call may point into the restored address space.
-  runner.run(`memory${tag}`, () => {
+  await runner.runAsync(`memory${tag}`, async () => {
     replaceHuskMemory(ctx);
-    mapImageMemory(ctx);
+    await mapImageMemory(ctx);
   });
   // files next: before creds drop the husk's capabilities, and after memory
   // so the pages file and mapped files are already closed again.
