@@ -144,6 +144,10 @@ function refuseUnsupported(pid: number, initPid: number, members: number[]): voi
 /** Checkpoints one process of a crest job into opts.dir. */
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
   const runner = new StageRunner(opts.onStage);
+  return runner.deferSignals(() => dumpStages(opts, runner));
+}
+
+async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpResult> {
   const target = runner.run('resolve', () => resolveTarget(opts));
   const pid = target.pid;
   runner.run('check', () => {
@@ -193,6 +197,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
       }),
     );
     committed = true;
+    // Past the commit point the checkpoint is complete: finish it whatever arrives.
+    runner.interrupted = null;
     const stopped = !opts.leaveRunning;
     runner.run('finish', () => {
       if (stopped) {
