@@ -386,7 +386,7 @@ test('manifest damage: hand edits, schema violations, semantics, versions, junk'
   }
 
   editManifest(dir, (m) => { m.formatVersion = 99; }, false);
-  rejects(() => readImage(dir), 'IMAGE_TOO_NEW', /version 99 is newer than this crest understands \(1\); upgrade crest/);
+  rejects(() => readImage(dir), 'IMAGE_TOO_NEW', /version 99 is newer than this crest understands \(2\); upgrade crest/);
   editManifest(dir, (m) => { m.formatVersion = 0; }, false);
   rejects(() => readImage(dir), 'IMAGE_UNSUPPORTED_VERSION');
   editManifest(dir, (m) => { m.formatVersion = '1'; }, false);
@@ -480,13 +480,13 @@ test('show: the summary names the process, its memory, files and signals', () =>
   const dir = tmpDir();
   const m = writeImage(dir);
   const text = describeImage(m, dir);
-  for (const want of [/format version 1/, /crest 0\.1\.0/, /6\.8\.0/, /box/, /demo/, /userns/, /process 2 \(target\)/,
+  for (const want of [/format version 2/, /crest 0\.1\.0/, /6\.8\.0/, /box/, /demo/, /userns/, /process 2 \(target\)/,
     /\/usr\/bin\/target/, /\/home\/u/, /0x401000/, /\[heap\]/, /\[stack\]/, /\/tmp\/log/, /\/dev\/null/, /SIGUSR1/,
     /SIGINT SIGTERM/, /pages-2\.img/, /24576/]) {
     assert.match(text, want);
   }
   const s = summarizeImage(m);
-  assert.equal(s.formatVersion, 1);
+  assert.equal(s.formatVersion, 2);
   assert.equal(s.processes.length, 1);
   assert.equal(s.processes[0]!.pid, 2);
   assert.equal(s.processes[0]!.storedPages, 6);

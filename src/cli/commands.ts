@@ -75,11 +75,12 @@ function program(result: { code: number }): Command {
     .option('--every <duration>', 'with --checkpoint-dir: checkpoint this often (90s, 10m, 1h), the job running on', durationArg)
     .option('--on-signal <signal>', "with --checkpoint-dir: on this signal (USR1 ...), checkpoint, stop the job and exit 75; the signal is crest's, not the job's", signalArg)
     .option('--keep <n>', 'with --checkpoint-dir: keep the newest N checkpoints (and what they depend on)', countArg)
+    .option('--full-every <n>', 'with --checkpoint-dir: checkpoints store only changed pages, a full one every N (1: all full; default 8)', countArg)
     .argument('<command...>', 'the command and its arguments (after --)')
     .action(async (command, o) => {
       if (o.checkpointDir === undefined) {
-        if (o.every !== undefined || o.onSignal !== undefined || o.keep !== undefined) {
-          throw new CrestError('USAGE', '--every, --on-signal and --keep need --checkpoint-dir DIR');
+        if (o.every !== undefined || o.onSignal !== undefined || o.keep !== undefined || o.fullEvery !== undefined) {
+          throw new CrestError('USAGE', '--every, --on-signal, --keep and --full-every need --checkpoint-dir DIR');
         }
         const { run } = await import('../jobs/run.js');
         const r = await run({ command, name: o.name });
@@ -94,6 +95,7 @@ function program(result: { code: number }): Command {
         everyMs: o.every,
         onSignal: o.onSignal,
         keep: o.keep,
+        fullEvery: o.fullEvery,
         log: (l) => err(`crest: ${l}`),
       });
       if (r.checkpointedTo) {
@@ -120,7 +122,7 @@ function program(result: { code: number }): Command {
         throw new CrestError('NO_CHECKPOINT_DIR', `job ${o.job} was not started with --checkpoint-dir; checkpoint it with crest dump --job ${o.job} -D DIR`);
       }
       const cd = CheckpointDir.open(rec.checkpointDir);
-      const t = await takeCheckpoint({ cd, job: o.job, stop: !!o.stop, reason: 'request', keep: rec.checkpointKeep, lockWaitMs: o.wait });
+      const t = await takeCheckpoint({ cd, job: o.job, stop: !!o.stop, reason: 'request', keep: rec.checkpointKeep, fullEvery: rec.checkpointFullEvery, lockWaitMs: o.wait });
       if (o.json) {
         out(JSON.stringify({ checkpoint: t.name, path: t.path, parent: t.parent, bytes: t.bytes, durationMs: t.durationMs, pauseMs: t.pauseMs, stopped: t.stopped, removed: t.gc?.removed ?? [] }));
       } else {

@@ -17,6 +17,7 @@ import { KINDS } from '../kinds/registry.js';
 import { ScratchAllocator, unsupported, type DumpContext } from '../kinds/types.js';
 import { jobOfPid, loadJob, saveJob, type JobRecord } from '../jobs/registry.js';
 import { vdsoSizes } from '../kinds/memory.js';
+import { openPageTracking, parentRef, type PageTrackingOptions } from '../kinds/pagetrack.js';
 import { CREST_VERSION } from '../version.js';
 import { StageRunner } from '../stages.js';
 
@@ -38,6 +39,11 @@ export interface DumpOptions {
   reap?: boolean;
   /** Called after each stage with its name and duration. */
   onStage?: (name: string, ms: number) => void;
+  /**
+   * Hash every page (written to the image, for the next incremental
+   * checkpoint) and store only pages that differ from `parentDir`'s.
+   */
+  pages?: PageTrackingOptions;
 }
 
 export interface DumpResult {
@@ -159,6 +165,8 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
   let committed = false;
   const warnings: string[] = [];
   try {
+    // The parent's page hashes are read before the freeze: the job does not wait for them.
+    const tracking = opts.pages ? runner.run('parent', () => openPageTracking(opts.pages!, opts.dir)) : undefined;
     runner.run('freeze', () => {
       for (const m of target.members) frozen.set(m, freeze(m));
       // A process created while we froze the tree would be missed: look again.
@@ -169,6 +177,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
     const procs: ProcessImage[] = [];
     for (const m of target.members) {
       const ctx = newContext(m, frozen.get(m)!, target, writer, warnings);
+      ctx.pageTracking = tracking;
       runner.run(`inject:${ctx.nsPid}`, () => injectionWindow(ctx));
       await runner.runAsync(`collect:${ctx.nsPid}`, async () => {
         for (const k of KINDS) {
@@ -193,6 +202,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           vdso: [...vdsoSizes(pid)].map(([kind, size]) => ({ kind: kind as 'vdso' | 'vvar' | 'vvar_vclock', size })),
         },
         job: { name: target.record?.name ?? null, pidMode: 'userns', uid: process.getuid!(), gid: process.getgid!() },
+        ...(parentRef(tracking ?? null) ? { parent: parentRef(tracking ?? null) } : {}),
         processes: procs,
       }),
     );

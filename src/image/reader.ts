@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { CrestError } from '../sys/errors.js';
 import { CanonicalError, crc32Hex, manifestChecksum } from './canonical.js';
-import { FORMAT_VERSION, IMAGE_MAGIC, MANIFEST_NAME, type Manifest, type ProcessImage, type VmaImage } from './schema.js';
+import { FORMAT_VERSION, IMAGE_MAGIC, MANIFEST_NAME, READABLE_VERSIONS, type Manifest, type ProcessImage, type VmaImage } from './schema.js';
 import { checkSchema, checkSemantics, isLeftoverName, PAGE_SIZE } from './validate.js';
 
 /** The largest manifest the reader will read (checked before reading it). */
@@ -140,8 +140,8 @@ export function readImage(dir: string, opts: ReadImageOptions = {}): Manifest {
   if (typeof version === 'number' && version > FORMAT_VERSION) {
     fail('IMAGE_TOO_NEW', `${dir}: image format version ${version} is newer than this crest understands (${FORMAT_VERSION}); upgrade crest`);
   }
-  if (version !== FORMAT_VERSION) {
-    fail('IMAGE_UNSUPPORTED_VERSION', `${dir}: image format version ${JSON.stringify(version)} is not supported by this crest (it reads version ${FORMAT_VERSION})`);
+  if (typeof version !== 'number' || !READABLE_VERSIONS.includes(version)) {
+    fail('IMAGE_UNSUPPORTED_VERSION', `${dir}: image format version ${JSON.stringify(version)} is not supported by this crest (it reads versions ${READABLE_VERSIONS.join(' and ')})`);
   }
 
   // 5. Checksum over the canonical form, then the schema.

@@ -5,8 +5,13 @@
 // change an older reader could misread, and keep readers refusing newer ones.
 import * as v from 'valibot';
 
-/** Version of the on-disk format this build writes and the newest it reads. */
-export const FORMAT_VERSION = 1;
+/**
+ * Version of the on-disk format this build writes and the newest it reads.
+ * 2 added incremental images (`parent`, Vma `inherited`, `hashesFile`).
+ */
+export const FORMAT_VERSION = 2;
+/** Every version this build reads (1: images without the additions of 2). */
+export const READABLE_VERSIONS: readonly number[] = [1, 2];
 /** First bytes of every image's identity: the manifest's `magic` field. */
 export const IMAGE_MAGIC = 'crest-image';
 /** Name of the manifest: written last, checked first. */
@@ -63,6 +68,12 @@ export const VmaSchema = v.strictObject({
   vmFlags: v.array(v.pipe(v.string(), v.regex(/^[a-z0-9]{2}$/))),
   /** Pages stored in the pages file for this mapping, in file order. */
   runs: v.array(PageRunSchema),
+  /**
+   * (version 2, incremental images) Pages whose content is the parent
+   * image's page at the same address: present in the process, unchanged
+   * since the parent, not stored here. Disjoint from `runs`.
+   */
+  inherited: v.optional(v.array(PageRunSchema)),
 });
 
 /** General registers of x86-64 (struct user_regs_struct), by name. */
@@ -398,6 +409,12 @@ export const ProcessSchema = v.strictObject({
   vmas: v.array(VmaSchema),
   /** Name of this process's pages file inside the image directory. */
   pagesFile: v.string(),
+  /**
+   * (version 2) Name of the data file with the xxh64 (seed 0, 8 bytes
+   * little-endian) of every page of `runs` and `inherited`, in address
+   * order: what the next incremental checkpoint compares memory with.
+   */
+  hashesFile: v.optional(v.string()),
   files: v.array(OpenFileSchema),
   fds: v.array(FdSchema),
   sigactions: v.array(SigactionSchema),
@@ -408,7 +425,7 @@ export const ProcessSchema = v.strictObject({
 
 export const ManifestSchema = v.strictObject({
   magic: v.literal(IMAGE_MAGIC),
-  formatVersion: v.literal(FORMAT_VERSION),
+  formatVersion: v.picklist([1, 2]),
   crestVersion: v.string(),
   createdAt: v.pipe(v.string(), v.isoTimestamp()),
   /** Where the dump was taken: restore refuses a mismatching kernel ABI where it matters. */
@@ -430,6 +447,18 @@ export const ManifestSchema = v.strictObject({
   }),
   /** Every data file of the image with its size and checksum. */
   files: v.record(v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]+$/)), FileEntrySchema),
+  /**
+   * (version 2) The image this one is incremental on: its directory relative
+   * to this one's (crest writes "../ckpt-0003"), and its manifest checksum,
+   * so that a parent replaced since is refused. Absent: a full image.
+   */
+  parent: v.optional(
+    v.strictObject({
+      dir: v.pipe(v.string(), v.minLength(1)),
+      checksum: crc32,
+      createdAt: v.pipe(v.string(), v.isoTimestamp()),
+    }),
+  ),
   processes: v.pipe(v.array(ProcessSchema), v.minLength(1)),
   /**
    * CRC-32 of the canonical serialisation (src/image/canonical.ts) of this

@@ -122,6 +122,57 @@ export function checkSemantics(m: Manifest, limit = 5): string[] {
         storedPages += count;
       }
     }
+    // Version 2: inherited pages (in the parent image), and the page hashes.
+    let hashedPages = storedPages;
+    for (let vi = 0; vi < proc.vmas.length; vi++) {
+      const vma = proc.vmas[vi]!;
+      const inh = vma.inherited;
+      if (inh === undefined) continue;
+      const vp = `${pp}.vmas[${vi}].inherited`;
+      if (m.formatVersion < 2) {
+        if (add(vp, 'inherited pages need format version 2')) return problems;
+        continue;
+      }
+      if (m.parent === undefined && inh.length > 0) {
+        if (add(vp, 'inherited pages, but the image has no parent')) return problems;
+        continue;
+      }
+      if (UNSTORED_KINDS.has(vma.kind) && inh.length > 0) {
+        if (add(vp, `a ${vma.kind} mapping is never stored, but has inherited pages`)) return problems;
+        continue;
+      }
+      const pages = (vma.end - vma.start) / PAGE_SIZE;
+      const own = vma.runs;
+      let oi = 0;
+      let nextFree = 0;
+      for (let ri = 0; ri < inh.length; ri++) {
+        const [first, count] = inh[ri]!;
+        if (first < nextFree || first + count > pages) {
+          if (add(`${vp}[${ri}]`, `run [${first},${count}] is not ascending, overlaps the previous one, or goes past the mapping's ${pages} pages`)) return problems;
+        }
+        nextFree = Math.max(nextFree, first + count);
+        // Disjoint from the stored runs (both lists are ascending).
+        while (oi < own.length && own[oi]![0] + own[oi]![1] <= first) oi++;
+        if (oi < own.length && own[oi]![0] < first + count) {
+          if (add(`${vp}[${ri}]`, `run [${first},${count}] overlaps stored run [${own[oi]![0]},${own[oi]![1]}]`)) return problems;
+        }
+        hashedPages += count;
+      }
+    }
+    if (proc.hashesFile !== undefined) {
+      const h = m.files[proc.hashesFile];
+      if (m.formatVersion < 2) {
+        if (add(`${pp}.hashesFile`, 'page hashes need format version 2')) return problems;
+      } else if (h === undefined) {
+        if (add(`${pp}.hashesFile`, `"${proc.hashesFile}" is not listed in files`)) return problems;
+      } else if (h.size !== hashedPages * 8) {
+        if (add(`${pp}.hashesFile`, `"${proc.hashesFile}" records ${h.size} bytes, but the image has ${hashedPages} pages (8 bytes each)`)) return problems;
+      }
+    }
+    if (m.parent !== undefined && m.formatVersion < 2) {
+      if (add('parent', 'a parent image needs format version 2')) return problems;
+    }
+
     const entry = m.files[proc.pagesFile];
     if (entry === undefined) {
       if (add(`${pp}.pagesFile`, `"${proc.pagesFile}" is not listed in files`)) return problems;

@@ -23,6 +23,8 @@ export interface BatchRunOptions {
   onSignal?: NodeJS.Signals;
   /** Keep this many complete checkpoints (and what they depend on). */
   keep?: number;
+  /** A full checkpoint after this many (the others are incremental); 1: all full. */
+  fullEvery?: number;
   /** One line for the person watching (crest prints them on stderr). */
   log?: (line: string) => void;
   /** After each checkpoint (tests and the bench use it). */
@@ -91,7 +93,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
       helper = r.helper;
       unforward = forwardSignals(helper, { except });
       const rec = loadJob(name, { includeEnded: true });
-      if (rec) saveJob({ ...rec, checkpointDir: cd.dir, checkpointKeep: opts.keep });
+      if (rec) saveJob({ ...rec, checkpointDir: cd.dir, checkpointKeep: opts.keep, checkpointFullEvery: opts.fullEvery });
       resumedFrom = e.name;
       cd.event('resume', { checkpoint: e.name, job: name, pid: r.pid, durationMs: Math.round(r.durationMs), skipped: point.skipped.map((s) => s.name) });
     } else {
@@ -105,7 +107,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
       const j = await startJob({
         command: opts.command,
         name: opts.name,
-        record: { checkpointDir: cd.dir, checkpointKeep: opts.keep },
+        record: { checkpointDir: cd.dir, checkpointKeep: opts.keep, checkpointFullEvery: opts.fullEvery },
         onHelper: (h) => (unforward = forwardSignals(h, { except })),
       });
       name = j.name;
@@ -122,7 +124,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
     });
     const take = async (reason: CheckpointReason, stop: boolean): Promise<CheckpointTaken | null> => {
       try {
-        const t = await takeCheckpoint({ cd, job: name, stop, reason, keep: opts.keep });
+        const t = await takeCheckpoint({ cd, job: name, stop, reason, keep: opts.keep, fullEvery: opts.fullEvery });
         checkpoints.push(t.name);
         const what = t.parent ? `incremental on ${t.parent}` : 'full';
         log(

@@ -7,7 +7,23 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { dump, type DumpResult } from '../dump/index.js';
 import { CrestError } from '../sys/errors.js';
-import { CheckpointDir, checkpointName, collectGarbage, type GcResult } from './ckptdir.js';
+import { readImage } from '../image/reader.js';
+import { CheckpointDir, checkpointName, collectGarbage, parentName, type CheckpointEntry, type GcResult } from './ckptdir.js';
+
+/** Default length of a chain of incremental checkpoints (the full one included). */
+export const DEFAULT_FULL_EVERY = 8;
+
+/** The checkpoint to be incremental on, or null for a full one. */
+function chooseParent(cd: CheckpointDir, fullEvery: number): CheckpointEntry | null {
+  if (fullEvery <= 1) return null;
+  const list = cd.list({ lockHeld: true });
+  const byName = new Map(list.map((e) => [e.name, e]));
+  const newest = [...list].reverse().find((e) => e.status === 'complete');
+  if (!newest) return null;
+  let length = 1;
+  for (let e: CheckpointEntry | undefined = newest; e?.parent; e = byName.get(e.parent)) length++;
+  return length < fullEvery ? newest : null;
+}
 
 /** Why a checkpoint is taken (recorded in the event log). */
 export type CheckpointReason = 'timer' | 'signal' | 'request';
@@ -21,6 +37,12 @@ export interface CheckpointOptions {
   reason: CheckpointReason;
   /** After a complete checkpoint, keep only this many (and what they depend on). */
   keep?: number;
+  /**
+   * Incremental checkpoints: each one stores only the pages that changed
+   * since the newest complete one, until a chain would be this long; then a
+   * full one starts the next chain (1: every checkpoint full). Default 8.
+   */
+  fullEvery?: number;
   /** How long to wait for a checkpoint already being written (default 10 minutes). */
   lockWaitMs?: number;
   onStage?: (name: string, ms: number) => void;
@@ -63,8 +85,9 @@ export async function takeCheckpoint(opts: CheckpointOptions): Promise<Checkpoin
   try {
     cd.event('checkpoint-start', { checkpoint: name, reason: opts.reason, stop: opts.stop, job: opts.job });
     let d: DumpResult;
+    const parent = chooseParent(cd, opts.fullEvery ?? DEFAULT_FULL_EVERY);
     try {
-      d = await dump({ job: opts.job, dir, leaveRunning: !opts.stop, reap: true, onStage: opts.onStage });
+      d = await dump({ job: opts.job, dir, leaveRunning: !opts.stop, reap: true, onStage: opts.onStage, pages: { parentDir: parent?.path } });
     } catch (e) {
       // The writer removed what it wrote; the empty directory goes too (a crash would leave an incomplete one).
       try {
@@ -78,7 +101,8 @@ export async function takeCheckpoint(opts: CheckpointOptions): Promise<Checkpoin
     const taken: CheckpointTaken = {
       name,
       path: dir,
-      parent: null,
+      // The image names its parent only when it inherited pages from it.
+      parent: parentName(readImage(dir, { verifyData: false })),
       bytes: d.pagesBytes,
       durationMs: d.durationMs,
       pauseMs: d.stopped ? null : frozenMs(d.stages),

@@ -24,6 +24,7 @@ export interface JobRecord {
   /** crest run --checkpoint-dir: where `crest checkpoint --job` writes, and how many it keeps. */
   checkpointDir?: string;
   checkpointKeep?: number;
+  checkpointFullEvery?: number;
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;

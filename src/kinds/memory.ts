@@ -13,6 +13,8 @@ import { MADV, MAP, MREMAP, O, PAGE_SIZE, PROT, SYS } from '../sys/constants.js'
 import { CrestError } from '../sys/errors.js';
 import type { VmaImage } from '../image/schema.js';
 import { fileIdentity, verifyFile } from './fileid.js';
+import { HashingCopier } from './pagetrack.js';
+import { chainOf, pagePieces, type ChainLink, type PagePiece } from '../image/chain.js';
 import { unsupported, type DumpContext, type Kind, type RestoreContext } from './types.js';
 
 type VmaKind = VmaImage['kind'];
@@ -55,7 +57,7 @@ export const memory: Kind = {
 
 /** Two page-aligned 8 MiB buffers, reused across dumps: one fills while the other is written. */
 let ioBuffers: [Buffer, Buffer] | undefined;
-function buffers(): [Buffer, Buffer] {
+export function buffers(): [Buffer, Buffer] {
   ioBuffers ??= [native().mmapBuffer(IO_CHUNK), native().mmapBuffer(IO_CHUNK)];
   return ioBuffers;
 }
@@ -70,6 +72,8 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
   const pagesName = `pages-${ctx.nsPid}.img`;
   const out = ctx.writer.openData(pagesName, { direct: true });
   const copier = new PageCopier(pid, memFd, out);
+  // Incremental checkpoints: pages hashed, compared with the parent's (kinds/pagetrack.ts).
+  const hasher = ctx.pageTracking ? new HashingCopier(pid, memFd, out, buffers(), ctx.pageTracking, ctx.nsPid) : null;
   const pmBuf = Buffer.allocUnsafe(8 * 65536);
   try {
     for (const e of readSmaps(pid)) {
@@ -95,19 +99,29 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
         vma.file = id;
       }
       if (!SPECIAL.has(kind) && !(kind === 'file' && e.shared)) {
-        vma.runs = selectPages(pagemapFd, pmBuf, e.start, e.end, kind === 'file');
-        await copier.copy(e.start, vma.runs);
+        const candidates = selectPages(pagemapFd, pmBuf, e.start, e.end, kind === 'file');
+        if (hasher) {
+          const r = await hasher.copy(e.start, candidates, kind !== 'file');
+          vma.runs = r.runs;
+          if (r.inherited.length > 0) vma.inherited = r.inherited;
+        } else {
+          vma.runs = candidates;
+          await copier.copy(e.start, vma.runs);
+        }
       }
       vmas.push(vma);
     }
     await copier.drain();
+    await hasher?.drain();
   } finally {
     closeSync(pagemapFd);
     await copier.drain().catch(() => undefined);
+    await hasher?.drain().catch(() => undefined);
   }
   ctx.proc.vmas = vmas;
   ctx.proc.pagesFile = pagesName;
   out.close();
+  if (hasher) ctx.proc.hashesFile = hasher.writeHashes(ctx.writer, ctx.nsPid);
 }
 
 /**
@@ -308,6 +322,9 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
   const t = ctx.thread;
   const pagesPath = join(ctx.dir, ctx.proc.pagesFile);
   const loader = new PageLoader(pagesPath, ctx.huskHostPid);
+  // An incremental image's inherited pages come from its parents (image/chain.ts).
+  const chain = chainOf(ctx.manifest) ?? [{ dir: ctx.dir, manifest: ctx.manifest }];
+  const parents = new ParentPages(chain, ctx.proc.pid, ctx.huskHostPid);
   const fileFds = new Map<string, number>();
   try {
     for (const v of ctx.proc.vmas) {
@@ -315,7 +332,7 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
       ctx.mem.reset();
       const len = v.end - v.start;
       const prot = protOf(v.prot);
-      const stored = v.runs.length > 0;
+      const stored = v.runs.length > 0 || (v.inherited?.length ?? 0) > 0;
       const mapProt = stored ? prot | PROT.WRITE | PROT.READ : prot;
       let flags = MAP.FIXED | (v.shared ? MAP.SHARED : MAP.PRIVATE);
       if (v.vmFlags.includes('gd')) flags |= MAP.GROWSDOWN;
@@ -335,7 +352,7 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
       }
       const got = t.syscall('mmap', `map ${hexa(v.start)}-${hexa(v.end)}`, SYS.mmap, v.start, len, mapProt, flags, fd, v.kind === 'file' ? v.pgoff : 0);
       if (Number(got) !== v.start) throw new CrestError('RESTORE_MMAP', `mmap placed ${hexa(v.start)} at ${hexa(Number(got))}`);
-      for (const [first, count] of v.runs) {
+      for (const [first, count] of [...v.runs, ...(v.inherited ?? [])]) {
         const addr = v.start + first * PAGE_SIZE;
         const n = count * PAGE_SIZE;
         // Populate in bulk first: first-touch faults page by page cost ~20x more.
@@ -343,7 +360,15 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
           const pop = t.syscallRaw(SYS.madvise, addr + off, Math.min(MAX_IO, n - off), MADV.POPULATE_WRITE);
           if (pop < 0n && pop !== -22n) throw new CrestError('RESTORE_MEMORY', `populating ${hexa(addr + off)}: errno ${-pop}`);
         }
-        await loader.load(addr, n);
+      }
+      if (v.inherited === undefined) {
+        for (const [first, count] of v.runs) await loader.load(v.start + first * PAGE_SIZE, count * PAGE_SIZE);
+      } else {
+        // Own pages in pages-file order (streamed), inherited ones read from the parent that stores them.
+        for (const piece of pagePieces(chain, ctx.proc.pid, v)) {
+          if (piece.link === 0) await loader.load(piece.addr, piece.pages * PAGE_SIZE);
+          else parents.load(piece);
+        }
       }
       if (mapProt !== prot) t.syscall('mprotect', `protect ${hexa(v.start)}`, SYS.mprotect, v.start, len, prot);
       // Names given with PR_SET_VMA_ANON_NAME show as [anon:NAME]; give them back.
@@ -370,6 +395,7 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
     }
   } finally {
     loader.close();
+    parents.close();
     for (const fd of fileFds.values()) t.syscallRaw(SYS.close, fd);
   }
 }
@@ -468,6 +494,62 @@ class PageLoader {
 
   get usesDirectIo(): boolean {
     return this.direct;
+  }
+}
+
+/**
+ * Inherited pages of an incremental image, read from the parents' pages
+ * files (checked whole by readImageChain before any process existed) and
+ * written into the husk.
+ */
+class ParentPages {
+  private readonly fds = new Map<number, number>();
+  private buf: Buffer | null = null;
+  constructor(
+    private readonly chain: ChainLink[],
+    private readonly pid: number,
+    private readonly huskPid: number,
+  ) {}
+
+  load(piece: PagePiece): void {
+    const link = this.chain[piece.link]!;
+    let fd = this.fds.get(piece.link);
+    if (fd === undefined) {
+      const proc = link.manifest.processes.find((p) => p.pid === this.pid)!;
+      fd = openSync(join(link.dir, proc.pagesFile), 'r');
+      this.fds.set(piece.link, fd);
+    }
+    this.buf ??= Buffer.allocUnsafe(IO_CHUNK);
+    const buf = this.buf;
+    let done = 0;
+    const len = piece.pages * PAGE_SIZE;
+    while (done < len) {
+      const n = Math.min(buf.length, len - done);
+      let got = 0;
+      while (got < n) {
+        const r = readSync(fd, buf, got, n - got, piece.offset + done + got);
+        if (r <= 0) throw new CrestError('IMAGE_TRUNCATED', `parent pages file in ${link.dir} ended early at offset ${piece.offset + done + got}`);
+        got += r;
+      }
+      let w = 0;
+      while (w < n) {
+        const k = native().processVmWritev(this.huskPid, piece.addr + done + w, buf, w, n - w);
+        if (k <= 0) throw new CrestError('RESTORE_MEMORY', `could not write the husk's memory at ${hexa(piece.addr + done + w)}`);
+        w += k;
+      }
+      done += n;
+    }
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) {
+      try {
+        closeSync(fd);
+      } catch {
+        /* closed */
+      }
+    }
+    this.fds.clear();
   }
 }
 

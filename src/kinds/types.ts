@@ -5,6 +5,7 @@ import type { Thread } from '../tracer/tracer.js';
 import type { ProcStat, ProcStatus } from '../proc/index.js';
 import type { Manifest, ProcessImage, ThreadImage } from '../image/schema.js';
 import type { ImageWriter } from '../image/writer.js';
+import type { PageTracking } from './pagetrack.js';
 import { CrestError } from '../sys/errors.js';
 
 /** What a kind sees while a process is being dumped. */
@@ -32,6 +33,8 @@ export interface DumpContext {
   threads: ThreadSlot[];
   writer: ImageWriter;
   warnings: string[];
+  /** Incremental checkpoints: hash every page, compare with the parent's (kinds/pagetrack.ts). */
+  pageTracking?: PageTracking;
 }
 
 /** One frozen thread and the image being filled in for it. */

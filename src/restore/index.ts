@@ -4,7 +4,7 @@
 // job's init with it), so nothing half-restored is ever left running.
 import { performance } from 'node:perf_hooks';
 import { resolve as resolvePath } from 'node:path';
-import { readImage } from '../image/reader.js';
+import { readImageChain } from '../image/chain.js';
 import type { Manifest, ProcessImage } from '../image/schema.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, RSEQ_FLAG_UNREGISTER, SIG, SYS } from '../sys/constants.js';
@@ -51,7 +51,9 @@ const SCRATCH_SIZE = 64 * 1024;
 function preflight(dir: string): Manifest {
   // Pages files are checked as they are loaded (one read of the biggest
   // files): a mismatch ends the restore before any restored code runs.
-  const m = readImage(dir, { verifyData: true, verifiedByCaller: (name) => /^pages-\d+\.img$/.test(name) });
+  // An incremental image brings its chain of parents, each checked whole, and
+  // every inherited page found in one of them (image/chain.ts).
+  const m = readImageChain(dir, { verifyData: true, verifiedByCaller: (name) => /^pages-\d+\.img$/.test(name) })[0]!.manifest;
   const own = vdsoSizes('self');
   const pids = new Set<number>();
   for (const proc of m.processes) {

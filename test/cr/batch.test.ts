@@ -220,7 +220,7 @@ test('a checkpoint killed half-way never becomes the newest complete one; the jo
 test('a disk that fills during a checkpoint: the checkpoint fails cleanly, the job keeps running and finishes', { timeout: TIMEOUT }, async () => {
   const job = stepsJob('enospc', 40);
   // Two 8 MiB checkpoints fit, the third runs out of space half-way.
-  const run = runBatch(job, ['--every', '400ms'], { CREST_FAULT: 'enospc-after:20000000' });
+  const run = runBatch(job, ['--every', '400ms', '--full-every', '1'], { CREST_FAULT: 'enospc-after:20000000' });
   const r = await withTimeout(run.exited, 60_000, 'crest run');
   assertOk(r, 'crest run with a disk that fills');
   assert.match(r.stderr, /warning: the timer checkpoint failed, the job keeps running: .*disk full \(ENOSPC/);
@@ -236,7 +236,7 @@ test('a real full disk (a 12 MiB tmpfs, as root): same', { timeout: TIMEOUT, ski
   const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=12m,mode=0700', 'crest-test', job.dir], { encoding: 'utf8' });
   assert.equal(m.status, 0, `mount: ${m.stderr}`);
   try {
-    const r = await withTimeout(runBatch(job, ['--every', '400ms']).exited, 60_000, 'crest run');
+    const r = await withTimeout(runBatch(job, ['--every', '400ms', '--full-every', '1']).exited, 60_000, 'crest run');
     assertOk(r, 'crest run on a tiny tmpfs');
     assert.match(r.stderr, /warning: the timer checkpoint failed, the job keeps running: .*disk full/);
     assert.equal(r.stdout.trim(), expectedResult(40));
@@ -258,7 +258,9 @@ test('the newest checkpoint damaged: the resume says so and takes the one before
   const prev = names.at(-2)!;
   const pages = fs.readdirSync(path.join(job.dir, newest)).find((f) => f.startsWith('pages-'))!;
   const fd = fs.openSync(path.join(job.dir, newest, pages), 'r+');
-  fs.writeSync(fd, Buffer.from([0x5a]), 0, 1, 4096 * 3 + 17);
+  const old = Buffer.alloc(1);
+  fs.readSync(fd, old, 0, 1, 17);
+  fs.writeSync(fd, Buffer.from([old[0]! ^ 0x5a]), 0, 1, 17);
   fs.closeSync(fd);
 
   const r = await withTimeout(runBatch(job).exited, 60_000, 'the resumed run');
@@ -317,7 +319,8 @@ function safeRead(p: string): string {
 
 test('crest checkpoint from another shell: now (job runs on), --stop (crest run exits 75); ls and gc', { timeout: TIMEOUT }, async () => {
   const job = stepsJob('request', 200);
-  const run = runBatch(job, ['--every', '10m']);
+  // Full checkpoints here (gc of incremental chains: batch-incremental.test.ts).
+  const run = runBatch(job, ['--every', '10m', '--full-every', '1']);
   await waitFor('the job', () => progress(job.work).steps.length > 0, 30_000, run);
   for (let i = 0; i < 3; i++) {
     const c = await crest(['checkpoint', '--job', job.name, '--json']);
