@@ -19,22 +19,41 @@ export function xfeaturesOf(xstate: Buffer): bigint {
   return xstate.readBigUInt64LE(XFEATURES_OFFSET);
 }
 
+const SYS_POLL = 7n;
+const SYS_FUTEX = 202n;
+const FUTEX_WAIT_BITSET = 9n;
+
+/**
+ * A call that left through the restart block but loses nothing when simply
+ * made again with the same arguments (still in rdi/rsi/rdx): poll(2) without
+ * a timeout (it takes the restart block even then), and a futex wait with an
+ * absolute deadline (FUTEX_WAIT_BITSET: sem_timedwait, pthread_cond_timedwait
+ * ... glibc's sem_timedwait would pass an EINTR on to the program).
+ */
+function restartsAsIs(nr: bigint, r: BigUint64Array): boolean {
+  if (nr === SYS_POLL) return BigInt.asIntN(32, r[REG.rdx]!) < 0n;
+  if (nr === SYS_FUTEX) return (r[REG.rsi]! & 0x7fn) === FUTEX_WAIT_BITSET;
+  return false;
+}
+
 /**
  * The registers to install so the task resumes where it was: a task caught
  * inside a sleeping system call holds -ERESTART* in rax. The kernel would
  * restart it on the way out of the stop; we do the same by hand (the restart
  * block of -ERESTART_RESTARTBLOCK died with the old process, so that call
- * returns EINTR, as after a signal), and clear orig_rax so nothing restarts twice.
+ * returns EINTR, as after a signal - unless restarting it as it was loses
+ * nothing, see restartsAsIs), and clear orig_rax so nothing restarts twice.
  */
 export function resumeRegs(saved: BigUint64Array): BigUint64Array {
   const r = new BigUint64Array(saved);
   const orig = BigInt.asIntN(64, r[REG.orig_rax]!);
   if (orig >= 0n) {
     const rax = BigInt.asIntN(64, r[REG.rax]!);
-    if (rax === -BigInt(ERESTARTSYS) || rax === -BigInt(ERESTARTNOINTR) || rax === -BigInt(ERESTARTNOHAND)) {
+    const restartBlock = rax === -BigInt(ERESTART_RESTARTBLOCK);
+    if (rax === -BigInt(ERESTARTSYS) || rax === -BigInt(ERESTARTNOINTR) || rax === -BigInt(ERESTARTNOHAND) || (restartBlock && restartsAsIs(orig, r))) {
       r[REG.rax] = r[REG.orig_rax]!;
       r[REG.rip] = r[REG.rip]! - 2n;
-    } else if (rax === -BigInt(ERESTART_RESTARTBLOCK)) {
+    } else if (restartBlock) {
       r[REG.rax] = BigInt.asUintN(64, -BigInt(EINTR));
     }
   }

@@ -83,7 +83,8 @@ export function parseStatus(text: string, file = 'status'): ProcStatus {
   const pid = int('Pid');
   return {
     name: get('Name'),
-    umask: octNum(get('Umask'), file, lineOf.Umask ?? 'Umask', 'Umask'),
+    // The kernel prints Umask only while the task has its fs_struct: a zombie has none.
+    umask: raw.Umask === undefined && (sm[1] === 'Z' || sm[1] === 'X') ? 0 : octNum(get('Umask'), file, lineOf.Umask ?? 'Umask', 'Umask'),
     state: sm[1]!,
     stateName: sm[2] ?? '',
     tgid,
