@@ -32,6 +32,9 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#ifdef CREST_HAVE_ZSTD
+#include <zstd.h>
+#endif
 #include <linux/capability.h>
 #include <linux/userfaultfd.h>
 
@@ -107,12 +110,21 @@ _Static_assert(sizeof(siginfo_t) == 128, "siginfo_t is 128 bytes");
 
 typedef struct {
   napi_ref error_class;
+#ifdef CREST_HAVE_ZSTD
+  // Reused contexts: allocating one per block costs more than compressing it.
+  ZSTD_CCtx *cctx;
+  ZSTD_DCtx *dctx;
+#endif
 } crest_state;
 
 static void state_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   crest_state *st = data;
   if (st->error_class) napi_delete_reference(env, st->error_class);
+#ifdef CREST_HAVE_ZSTD
+  if (st->cctx) ZSTD_freeCCtx(st->cctx);
+  if (st->dctx) ZSTD_freeDCtx(st->dctx);
+#endif
   free(st);
 }
 
@@ -869,6 +881,87 @@ static napi_value js_pagemapScanProbe(napi_env env, napi_callback_info info) {
 }
 
 // ---------------------------------------------------------------------------
+// zstd (libzstd, when the build found it): page compression for images.
+// One block per call, into a buffer the caller owns: no allocation per call.
+
+// buf[off, off+len) of a Buffer argument, checked.
+static bool arg_range(napi_env env, const char *fn, napi_value *argv, int i, const char *name,
+                      uint8_t **p, size_t *len) {
+  void *data;
+  size_t size;
+  int64_t off, n;
+  if (!arg_buffer(env, fn, argv[i], i + 1, name, &data, &size)) return false;
+  if (!arg_int(env, fn, argv[i + 1], i + 2, "offset", 0, (int64_t)size, &off)) return false;
+  if (!arg_int(env, fn, argv[i + 2], i + 3, "length", 0, (int64_t)size - off, &n)) return false;
+  *p = (uint8_t *)data + off;
+  *len = (size_t)n;
+  return true;
+}
+
+static napi_value js_zstdVersion(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value r;
+#ifdef CREST_HAVE_ZSTD
+  CHECK(napi_create_string_utf8(env, ZSTD_versionString(), NAPI_AUTO_LENGTH, &r));
+#else
+  CHECK(napi_get_null(env, &r));
+#endif
+  return r;
+}
+
+#ifdef CREST_HAVE_ZSTD
+static napi_value zstd_error(napi_env env, const char *what, size_t code) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "zstd %s failed: %s", what, ZSTD_getErrorName(code));
+  napi_throw_error(env, "CREST_ZSTD", msg);
+  return NULL;
+}
+#endif
+
+// zstdCompress(src, srcOff, srcLen, dst, dstOff, dstLen, level) -> bytes written.
+static napi_value js_zstdCompress(napi_env env, napi_callback_info info) {
+  static const char FN[] = "zstdCompress";
+  ARGS(7);
+  uint8_t *src, *dst;
+  size_t slen, dlen;
+  if (!arg_range(env, FN, argv, 0, "src", &src, &slen) || !arg_range(env, FN, argv, 3, "dst", &dst, &dlen)) return NULL;
+  INT_ARG(6, "level", -131072, 22, level);
+#ifdef CREST_HAVE_ZSTD
+  crest_state *st = get_state(env);
+  if (!st->cctx && !(st->cctx = ZSTD_createCCtx())) return zstd_error(env, "context", (size_t)-1);
+  size_t r = ZSTD_CCtx_setParameter(st->cctx, ZSTD_c_compressionLevel, (int)level);
+  if (ZSTD_isError(r)) return zstd_error(env, "level", r);
+  r = ZSTD_compress2(st->cctx, dst, dlen, src, slen);
+  if (ZSTD_isError(r)) return zstd_error(env, "compress", r);
+  return make_int(env, (int64_t)r);
+#else
+  (void)src; (void)dst; (void)slen; (void)dlen; (void)level;
+  napi_throw_error(env, "CREST_NO_ZSTD", "crest's native addon was built without libzstd");
+  return NULL;
+#endif
+}
+
+// zstdDecompress(src, srcOff, srcLen, dst, dstOff, dstLen) -> bytes written.
+static napi_value js_zstdDecompress(napi_env env, napi_callback_info info) {
+  static const char FN[] = "zstdDecompress";
+  ARGS(6);
+  uint8_t *src, *dst;
+  size_t slen, dlen;
+  if (!arg_range(env, FN, argv, 0, "src", &src, &slen) || !arg_range(env, FN, argv, 3, "dst", &dst, &dlen)) return NULL;
+#ifdef CREST_HAVE_ZSTD
+  crest_state *st = get_state(env);
+  if (!st->dctx && !(st->dctx = ZSTD_createDCtx())) return zstd_error(env, "context", (size_t)-1);
+  size_t r = ZSTD_decompressDCtx(st->dctx, dst, dlen, src, slen);
+  if (ZSTD_isError(r)) return zstd_error(env, "decompress", r);
+  return make_int(env, (int64_t)r);
+#else
+  (void)src; (void)dst; (void)slen; (void)dlen;
+  napi_throw_error(env, "CREST_NO_ZSTD", "crest's native addon was built without libzstd");
+  return NULL;
+#endif
+}
+
+// ---------------------------------------------------------------------------
 // Module
 
 #define FUNC(name) {#name, NULL, js_##name, NULL, NULL, NULL, napi_enumerable, NULL}
@@ -912,6 +1005,9 @@ static napi_value init(napi_env env, napi_value exports) {
       FUNC(capget),
       FUNC(pidfdOpen),
       FUNC(flock),
+      FUNC(zstdVersion),
+      FUNC(zstdCompress),
+      FUNC(zstdDecompress),
       FUNC(unameRelease),
       FUNC(mmapBuffer),
       FUNC(getxattr),

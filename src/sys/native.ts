@@ -67,6 +67,12 @@ export interface Native {
   pidfdOpen(pid: number, flags: number): number;
   /** flock(2): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8; EWOULDBLOCK (EAGAIN) when held elsewhere with LOCK_NB. */
   flock(fd: number, operation: number): void;
+  /** libzstd's version, or null when the addon was built without it (no libzstd-dev). */
+  zstdVersion(): string | null;
+  /** Compresses src[srcOff, +srcLen) into dst[dstOff, +dstLen) as one zstd frame; returns its size. */
+  zstdCompress(src: Buffer, srcOff: number, srcLen: number, dst: Buffer, dstOff: number, dstLen: number, level: number): number;
+  /** Decompresses one frame src[srcOff, +srcLen) into dst[dstOff, +dstLen); returns the bytes written. */
+  zstdDecompress(src: Buffer, srcOff: number, srcLen: number, dst: Buffer, dstOff: number, dstLen: number): number;
   /** A page-aligned Buffer of `size` bytes backed by its own anonymous mmap (for O_DIRECT I/O). */
   mmapBuffer(size: number): Buffer;
   /** uname release string, e.g. "6.18.44". */
