@@ -76,11 +76,12 @@ function program(result: { code: number }): Command {
     .option('--on-signal <signal>', "with --checkpoint-dir: on this signal (USR1 ...), checkpoint, stop the job and exit 75; the signal is crest's, not the job's", signalArg)
     .option('--keep <n>', 'with --checkpoint-dir: keep the newest N checkpoints (and what they depend on)', countArg)
     .option('--full-every <n>', 'with --checkpoint-dir: checkpoints store only changed pages, a full one every N (1: all full; default 8)', countArg)
+    .option('--compress', 'with --checkpoint-dir: compress the pages (zstd, a fast level)')
     .argument('<command...>', 'the command and its arguments (after --)')
     .action(async (command, o) => {
       if (o.checkpointDir === undefined) {
-        if (o.every !== undefined || o.onSignal !== undefined || o.keep !== undefined || o.fullEvery !== undefined) {
-          throw new CrestError('USAGE', '--every, --on-signal, --keep and --full-every need --checkpoint-dir DIR');
+        if (o.every !== undefined || o.onSignal !== undefined || o.keep !== undefined || o.fullEvery !== undefined || o.compress) {
+          throw new CrestError('USAGE', '--every, --on-signal, --keep, --full-every and --compress need --checkpoint-dir DIR');
         }
         const { run } = await import('../jobs/run.js');
         const r = await run({ command, name: o.name });
@@ -96,6 +97,7 @@ function program(result: { code: number }): Command {
         onSignal: o.onSignal,
         keep: o.keep,
         fullEvery: o.fullEvery,
+        compress: !!o.compress,
         log: (l) => err(`crest: ${l}`),
       });
       if (r.checkpointedTo) {
@@ -122,7 +124,7 @@ function program(result: { code: number }): Command {
         throw new CrestError('NO_CHECKPOINT_DIR', `job ${o.job} was not started with --checkpoint-dir; checkpoint it with crest dump --job ${o.job} -D DIR`);
       }
       const cd = CheckpointDir.open(rec.checkpointDir);
-      const t = await takeCheckpoint({ cd, job: o.job, stop: !!o.stop, reason: 'request', keep: rec.checkpointKeep, fullEvery: rec.checkpointFullEvery, lockWaitMs: o.wait });
+      const t = await takeCheckpoint({ cd, job: o.job, stop: !!o.stop, reason: 'request', keep: rec.checkpointKeep, fullEvery: rec.checkpointFullEvery, compress: rec.checkpointCompress, lockWaitMs: o.wait });
       if (o.json) {
         out(JSON.stringify({ checkpoint: t.name, path: t.path, parent: t.parent, bytes: t.bytes, durationMs: t.durationMs, pauseMs: t.pauseMs, stopped: t.stopped, removed: t.gc?.removed ?? [] }));
       } else {

@@ -415,6 +415,18 @@ export const ProcessSchema = v.strictObject({
    * order: what the next incremental checkpoint compares memory with.
    */
   hashesFile: v.optional(v.string()),
+  /**
+   * (version 2) The pages file is compressed: one zstd frame per
+   * `blockPages` stored pages (the last frame may hold fewer), `blocks`
+   * giving each frame's size in bytes. Absent: raw pages (section 9).
+   */
+  compression: v.optional(
+    v.strictObject({
+      codec: v.literal('zstd'),
+      blockPages: v.pipe(u, v.minValue(1), v.maxValue(65536)),
+      blocks: v.array(v.pipe(u, v.minValue(1))),
+    }),
+  ),
   files: v.array(OpenFileSchema),
   fds: v.array(FdSchema),
   sigactions: v.array(SigactionSchema),

@@ -25,6 +25,8 @@ export interface BatchRunOptions {
   keep?: number;
   /** A full checkpoint after this many (the others are incremental); 1: all full. */
   fullEvery?: number;
+  /** Compress the checkpoints' pages (zstd). */
+  compress?: boolean;
   /** One line for the person watching (crest prints them on stderr). */
   log?: (line: string) => void;
   /** After each checkpoint (tests and the bench use it). */
@@ -93,7 +95,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
       helper = r.helper;
       unforward = forwardSignals(helper, { except });
       const rec = loadJob(name, { includeEnded: true });
-      if (rec) saveJob({ ...rec, checkpointDir: cd.dir, checkpointKeep: opts.keep, checkpointFullEvery: opts.fullEvery });
+      if (rec) saveJob({ ...rec, checkpointDir: cd.dir, checkpointKeep: opts.keep, checkpointFullEvery: opts.fullEvery, checkpointCompress: opts.compress });
       resumedFrom = e.name;
       cd.event('resume', { checkpoint: e.name, job: name, pid: r.pid, durationMs: Math.round(r.durationMs), skipped: point.skipped.map((s) => s.name) });
     } else {
@@ -107,7 +109,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
       const j = await startJob({
         command: opts.command,
         name: opts.name,
-        record: { checkpointDir: cd.dir, checkpointKeep: opts.keep, checkpointFullEvery: opts.fullEvery },
+        record: { checkpointDir: cd.dir, checkpointKeep: opts.keep, checkpointFullEvery: opts.fullEvery, checkpointCompress: opts.compress },
         onHelper: (h) => (unforward = forwardSignals(h, { except })),
       });
       name = j.name;
@@ -124,7 +126,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
     });
     const take = async (reason: CheckpointReason, stop: boolean): Promise<CheckpointTaken | null> => {
       try {
-        const t = await takeCheckpoint({ cd, job: name, stop, reason, keep: opts.keep, fullEvery: opts.fullEvery });
+        const t = await takeCheckpoint({ cd, job: name, stop, reason, keep: opts.keep, fullEvery: opts.fullEvery, compress: opts.compress });
         checkpoints.push(t.name);
         const what = t.parent ? `incremental on ${t.parent}` : 'full';
         log(

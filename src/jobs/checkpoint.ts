@@ -43,6 +43,8 @@ export interface CheckpointOptions {
    * full one starts the next chain (1: every checkpoint full). Default 8.
    */
   fullEvery?: number;
+  /** Compress the pages (zstd). */
+  compress?: boolean;
   /** How long to wait for a checkpoint already being written (default 10 minutes). */
   lockWaitMs?: number;
   onStage?: (name: string, ms: number) => void;
@@ -87,7 +89,7 @@ export async function takeCheckpoint(opts: CheckpointOptions): Promise<Checkpoin
     let d: DumpResult;
     const parent = chooseParent(cd, opts.fullEvery ?? DEFAULT_FULL_EVERY);
     try {
-      d = await dump({ job: opts.job, dir, leaveRunning: !opts.stop, reap: true, onStage: opts.onStage, pages: { parentDir: parent?.path } });
+      d = await dump({ job: opts.job, dir, leaveRunning: !opts.stop, reap: true, onStage: opts.onStage, pages: { parentDir: parent?.path, compress: !!opts.compress } });
     } catch (e) {
       // The writer removed what it wrote; the empty directory goes too (a crash would leave an incomplete one).
       try {

@@ -25,6 +25,7 @@ export interface JobRecord {
   checkpointDir?: string;
   checkpointKeep?: number;
   checkpointFullEvery?: number;
+  checkpointCompress?: boolean;
 }
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;

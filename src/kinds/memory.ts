@@ -70,7 +70,8 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
   const pagemapFd = openSync(`/proc/${pid}/pagemap`, 'r');
   const memFd = ctx.thread.mem();
   const pagesName = `pages-${ctx.nsPid}.img`;
-  const out = ctx.writer.openData(pagesName, { direct: true });
+  // Compressed frames have any length: O_DIRECT (whole aligned pages) only for raw pages.
+  const out = ctx.writer.openData(pagesName, { direct: !ctx.pageTracking?.compress });
   const copier = new PageCopier(pid, memFd, out);
   // Incremental checkpoints: pages hashed, compared with the parent's (kinds/pagetrack.ts).
   const hasher = ctx.pageTracking ? new HashingCopier(pid, memFd, out, buffers(), ctx.pageTracking, ctx.nsPid) : null;
@@ -118,6 +119,8 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
     await copier.drain().catch(() => undefined);
     await hasher?.drain().catch(() => undefined);
   }
+  const compression = hasher?.compression();
+  if (compression) ctx.proc.compression = compression;
   ctx.proc.vmas = vmas;
   ctx.proc.pagesFile = pagesName;
   out.close();
@@ -321,7 +324,7 @@ const VMFLAG_MADVISE: [string, number][] = [
 export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
   const t = ctx.thread;
   const pagesPath = join(ctx.dir, ctx.proc.pagesFile);
-  const loader = new PageLoader(pagesPath, ctx.huskHostPid);
+  const loader = ctx.proc.compression ? new CompressedPageLoader(pagesPath, ctx.huskHostPid, ctx.proc.compression) : new PageLoader(pagesPath, ctx.huskHostPid);
   // An incremental image's inherited pages come from its parents (image/chain.ts).
   const chain = chainOf(ctx.manifest) ?? [{ dir: ctx.dir, manifest: ctx.manifest }];
   const parents = new ParentPages(chain, ctx.proc.pid, ctx.huskHostPid);
@@ -498,6 +501,80 @@ class PageLoader {
 }
 
 /**
+ * A compressed pages file streamed into the husk: frame after frame read,
+ * checksummed (the file's CRC-32, over the compressed bytes) and
+ * decompressed, its pages written where the runs say.
+ */
+class CompressedPageLoader {
+  private readonly fd: number;
+  private crc = 0;
+  private fileOff = 0;
+  private frame = 0;
+  private readonly block: Buffer;
+  private raw = Buffer.allocUnsafe(0);
+  private blockLen = 0;
+  private blockPos = 0;
+
+  constructor(
+    private readonly path: string,
+    private readonly pid: number,
+    private readonly c: { blockPages: number; blocks: number[] },
+  ) {
+    this.fd = openSync(path, 'r');
+    this.block = Buffer.allocUnsafe(c.blockPages * PAGE_SIZE);
+  }
+
+  private nextFrame(): void {
+    const size = this.c.blocks[this.frame];
+    if (size === undefined) throw new CrestError('IMAGE_TRUNCATED', `compressed pages file ${this.path} has fewer frames than its runs need`);
+    if (this.raw.length < size) this.raw = Buffer.allocUnsafe(size);
+    let got = 0;
+    while (got < size) {
+      const n = readSync(this.fd, this.raw, got, size - got, this.fileOff + got);
+      if (n <= 0) throw new CrestError('IMAGE_TRUNCATED', `compressed pages file ${this.path} ended early at offset ${this.fileOff + got}`);
+      got += n;
+    }
+    this.crc = crc32(this.raw.subarray(0, size), this.crc);
+    try {
+      this.blockLen = native().zstdDecompress(this.raw, 0, size, this.block, 0, this.block.length);
+    } catch (e) {
+      throw new CrestError('IMAGE_CHECKSUM', `compressed pages file ${this.path}: frame ${this.frame} does not decompress (${(e as Error).message}); the image is damaged`, { cause: e });
+    }
+    this.fileOff += size;
+    this.frame++;
+    this.blockPos = 0;
+  }
+
+  async load(addr: number, len: number): Promise<void> {
+    let done = 0;
+    while (done < len) {
+      if (this.blockPos === this.blockLen) this.nextFrame();
+      const n = Math.min(len - done, this.blockLen - this.blockPos);
+      let w = 0;
+      while (w < n) {
+        const k = native().processVmWritev(this.pid, addr + done + w, this.block, this.blockPos + w, n - w);
+        if (k <= 0) throw new CrestError('RESTORE_MEMORY', `could not write the husk's memory at ${hexa(addr + done + w)}`);
+        w += k;
+      }
+      this.blockPos += n;
+      done += n;
+    }
+  }
+
+  finish(): string {
+    return (this.crc >>> 0).toString(16).padStart(8, '0');
+  }
+
+  close(): void {
+    try {
+      closeSync(this.fd);
+    } catch {
+      /* closed */
+    }
+  }
+}
+
+/**
  * Inherited pages of an incremental image, read from the parents' pages
  * files (checked whole by readImageChain before any process existed) and
  * written into the husk.
@@ -511,14 +588,18 @@ class ParentPages {
     private readonly huskPid: number,
   ) {}
 
+  /** Per compressed parent: its frames' file offsets and the frame decompressed last. */
+  private readonly frames = new Map<number, { starts: number[]; sizes: number[]; blockBytes: number; cached: number; data: Buffer; raw: Buffer }>();
+
   load(piece: PagePiece): void {
     const link = this.chain[piece.link]!;
     let fd = this.fds.get(piece.link);
+    const proc = link.manifest.processes.find((p) => p.pid === this.pid)!;
     if (fd === undefined) {
-      const proc = link.manifest.processes.find((p) => p.pid === this.pid)!;
       fd = openSync(join(link.dir, proc.pagesFile), 'r');
       this.fds.set(piece.link, fd);
     }
+    if (proc.compression) return this.loadCompressed(piece, fd, proc.compression, link.dir);
     this.buf ??= Buffer.allocUnsafe(IO_CHUNK);
     const buf = this.buf;
     let done = 0;
@@ -538,6 +619,50 @@ class ParentPages {
         w += k;
       }
       done += n;
+    }
+  }
+
+  /**
+   * From a compressed parent: the frames holding the piece, each decompressed
+   * once (pieces come in address order, and so do the frames).
+   */
+  private loadCompressed(piece: PagePiece, fd: number, c: { blockPages: number; blocks: number[] }, dir: string): void {
+    let f = this.frames.get(piece.link);
+    if (!f) {
+      const starts: number[] = [];
+      let at = 0;
+      for (const n of c.blocks) {
+        starts.push(at);
+        at += n;
+      }
+      const blockBytes = c.blockPages * PAGE_SIZE;
+      f = { starts, sizes: c.blocks, blockBytes, cached: -1, data: Buffer.allocUnsafe(blockBytes), raw: Buffer.allocUnsafe(0) };
+      this.frames.set(piece.link, f);
+    }
+    let off = piece.offset;
+    let addr = piece.addr;
+    let left = piece.pages * PAGE_SIZE;
+    while (left > 0) {
+      const b = Math.floor(off / f.blockBytes);
+      if (f.cached !== b) {
+        const size = f.sizes[b];
+        if (size === undefined) throw new CrestError('IMAGE_TRUNCATED', `compressed pages in ${dir} have no frame ${b}`);
+        if (f.raw.length < size) f.raw = Buffer.allocUnsafe(size);
+        if (readSync(fd, f.raw, 0, size, f.starts[b]!) !== size) throw new CrestError('IMAGE_TRUNCATED', `compressed pages in ${dir} end inside frame ${b}`);
+        native().zstdDecompress(f.raw, 0, size, f.data, 0, f.data.length);
+        f.cached = b;
+      }
+      const inBlock = off - b * f.blockBytes;
+      const n = Math.min(left, f.blockBytes - inBlock);
+      let w = 0;
+      while (w < n) {
+        const k = native().processVmWritev(this.huskPid, addr + w, f.data, inBlock + w, n - w);
+        if (k <= 0) throw new CrestError('RESTORE_MEMORY', `could not write the husk's memory at ${hexa(addr + w)}`);
+        w += k;
+      }
+      off += n;
+      addr += n;
+      left -= n;
     }
   }
 

@@ -1,8 +1,10 @@
 /*
  * steps: a long computation with a known result, for batch tests
  * (test/cr/batch*.test.ts, test/slurm.test.ts).
- *   steps W TOTAL [MS_PER_STEP [MIB]]
- * Holds a buffer of MIB MiB (default 8), filled from a fixed seed. Step k
+ *   steps W TOTAL [MS_PER_STEP [MIB [FILL]]]
+ * Holds a buffer of MIB MiB (default 8), filled from a fixed seed (FILL
+ * "random", the default) or with text and small numbers that compress like
+ * a real heap (FILL "text"). Step k
  * (1..TOTAL) rewrites 1/32 of the buffer's pages (a different slice each
  * step, so a checkpoint after the first changes ~3% of pages) and folds
  * words of the buffer into an accumulator; then appends "step k acc=0x..."
@@ -23,13 +25,22 @@ int main(int argc, char **argv)
     long total = argc > 2 ? atol(argv[2]) : 100;
     long ms = argc > 3 ? atol(argv[3]) : 100;
     long mib = argc > 4 ? atol(argv[4]) : 8;
-    if (total <= 0 || ms < 0 || mib <= 0 || mib > 8192) die("usage: steps W TOTAL [MS_PER_STEP [MIB]]");
+    const char *fill = argc > 5 ? argv[5] : "random";
+    if (total <= 0 || ms < 0 || mib <= 0 || mib > 8192 || (strcmp(fill, "random") && strcmp(fill, "text")))
+        die("usage: steps W TOTAL [MS_PER_STEP [MIB [random|text]]]");
     size_t words = ((size_t)mib << 20) / sizeof(uint64_t);
     size_t pages = words / 512, slice = pages / 32 ? pages / 32 : 1;
     uint64_t *buf = malloc(words * sizeof(uint64_t));
     if (!buf) die("malloc failed");
     uint64_t s = 0x9E3779B97F4A7C15ULL;
-    for (size_t i = 0; i < words; i++) buf[i] = xorshift64(&s);
+    if (strcmp(fill, "text") == 0) {
+        static const char words_[] = "the quick brown fox jumps over the lazy dog; step value count ";
+        char *b = (char *)buf;
+        for (size_t i = 0; i < words * 8; i++) b[i] = words_[(i + i / 4096) % (sizeof words_ - 1)];
+        for (size_t i = 0; i < words; i += 16) buf[i] = i % 1000;
+    } else {
+        for (size_t i = 0; i < words; i++) buf[i] = xorshift64(&s);
+    }
     uint64_t acc = 0xcbf29ce484222325ULL;
 
     append_file("progress.log", "start\n");
