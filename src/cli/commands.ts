@@ -5,6 +5,7 @@ import { resolve } from 'node:path';
 import { CrestError } from '../sys/errors.js';
 import { CREST_VERSION } from '../version.js';
 import { EXIT_CHECKPOINTED } from '../jobs/run.js';
+import { barSink, progressWanted, withProgress } from './progress.js';
 
 /** Exit codes: documented in the README. */
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, CHECKPOINTED: EXIT_CHECKPOINTED } as const;
@@ -99,6 +100,7 @@ function program(result: { code: number }): Command {
         fullEvery: o.fullEvery,
         compress: !!o.compress,
         log: (l) => err(`crest: ${l}`),
+        resumeProgress: progressWanted() ? barSink() : null,
       });
       if (r.checkpointedTo) {
         err(`crest: job ${r.name} was checkpointed to ${r.checkpointedTo} and stopped; run the same crest run command again to resume it`);
@@ -124,7 +126,7 @@ function program(result: { code: number }): Command {
         throw new CrestError('NO_CHECKPOINT_DIR', `job ${o.job} was not started with --checkpoint-dir; checkpoint it with crest dump --job ${o.job} -D DIR`);
       }
       const cd = CheckpointDir.open(rec.checkpointDir);
-      const t = await takeCheckpoint({ cd, job: o.job, stop: !!o.stop, reason: 'request', keep: rec.checkpointKeep, fullEvery: rec.checkpointFullEvery, compress: rec.checkpointCompress, lockWaitMs: o.wait });
+      const t = await withProgress(() => takeCheckpoint({ cd, job: o.job, stop: !!o.stop, reason: 'request', keep: rec.checkpointKeep, fullEvery: rec.checkpointFullEvery, compress: rec.checkpointCompress, lockWaitMs: o.wait }));
       if (o.json) {
         out(JSON.stringify({ checkpoint: t.name, path: t.path, parent: t.parent, bytes: t.bytes, durationMs: t.durationMs, pauseMs: t.pauseMs, stopped: t.stopped, removed: t.gc?.removed ?? [] }));
       } else {
@@ -215,7 +217,7 @@ function program(result: { code: number }): Command {
         throw new CrestError('USAGE', 'name exactly one process: --pid PID or --job NAME');
       }
       const { dump } = await import('../dump/index.js');
-      const r = await dump({ pid: o.pid, job: o.job, dir: resolve(o.dir), leaveRunning: !!o.leaveRunning, force: !!o.force, reap: false });
+      const r = await withProgress(() => dump({ pid: o.pid, job: o.job, dir: resolve(o.dir), leaveRunning: !!o.leaveRunning, force: !!o.force, reap: false }));
       if (o.json) out(JSON.stringify(r));
       else {
         for (const w of r.warnings) err(`crest: warning: ${w}`);
@@ -235,7 +237,7 @@ function program(result: { code: number }): Command {
       const { restore } = await import('../restore/index.js');
       const { forwardSignals } = await import('../jobs/supervise.js');
       const { loadJob, removeJob } = await import('../jobs/registry.js');
-      const r = await restore({ dir: resolve(o.dir), detach: !!o.detach, name: o.name });
+      const r = await withProgress(() => restore({ dir: resolve(o.dir), detach: !!o.detach, name: o.name }));
       for (const w of r.warnings) err(`crest: warning: ${w}`);
       if (o.detach) {
         r.helper.letGo();

@@ -12,6 +12,7 @@ import { takeCheckpoint, type CheckpointReason, type CheckpointTaken } from './c
 import { loadJob, saveJob } from './registry.js';
 import { startJob, waitJob } from './run.js';
 import { forwardSignals, type Helper, type HelperExit } from './supervise.js';
+import { setProgressSink, type ProgressSink } from '../progress.js';
 
 export interface BatchRunOptions {
   command: string[];
@@ -29,6 +30,8 @@ export interface BatchRunOptions {
   compress?: boolean;
   /** One line for the person watching (crest prints them on stderr). */
   log?: (line: string) => void;
+  /** Shows the resume's progress (a bar on a terminal); timer checkpoints show none (the job's output shares the terminal). */
+  resumeProgress?: ProgressSink | null;
   /** After each checkpoint (tests and the bench use it). */
   onCheckpoint?: (t: CheckpointTaken) => void;
 }
@@ -84,11 +87,17 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
       const e = point.entry;
       log(`resuming from ${e.name} (taken ${e.createdAt ?? '?'})${point.skipped.length ? ', the newest usable checkpoint' : ''}`);
       let r;
+      const prev = opts.resumeProgress ? setProgressSink(opts.resumeProgress) : undefined;
       try {
         r = await restore({ dir: e.path, name: opts.name });
       } catch (err) {
         cd.event('resume-failed', { checkpoint: e.name, code: (err as CrestError).code ?? null, error: (err as Error).message });
         throw new CrestError((err as CrestError).code ?? 'RESTORE_FAILED', `cannot resume from ${e.path}: ${(err as Error).message}`, { cause: err });
+      } finally {
+        if (prev !== undefined) {
+          opts.resumeProgress?.done();
+          setProgressSink(prev);
+        }
       }
       for (const w of r.warnings) log(`warning: ${w}`);
       name = r.jobName;

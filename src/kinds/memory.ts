@@ -3,7 +3,7 @@
 // and pages of private file mappings that were written). Restore maps each
 // area at its address and reads the stored pages straight from the image into
 // the husk (an injected pread64: one kernel copy, no trip through crest).
-import { closeSync, constants as fsConstants, openSync, read as fsRead, readSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, read as fsRead, readFileSync, readSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { join } from 'node:path';
 import { readMaps, readSmaps, type SmapsEntry } from '../proc/index.js';
@@ -14,6 +14,7 @@ import { CrestError } from '../sys/errors.js';
 import type { VmaImage } from '../image/schema.js';
 import { fileIdentity, verifyFile } from './fileid.js';
 import { HashingCopier } from './pagetrack.js';
+import { progressSink } from '../progress.js';
 import { chainOf, pagePieces, type ChainLink, type PagePiece } from '../image/chain.js';
 import { unsupported, type DumpContext, type Kind, type RestoreContext } from './types.js';
 
@@ -76,6 +77,7 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
   // Incremental checkpoints: pages hashed, compared with the parent's (kinds/pagetrack.ts).
   const hasher = ctx.pageTracking ? new HashingCopier(pid, memFd, out, buffers(), ctx.pageTracking, ctx.nsPid) : null;
   const pmBuf = Buffer.allocUnsafe(8 * 65536);
+  progressSink()?.start('checkpoint', anonRss(pid));
   try {
     for (const e of readSmaps(pid)) {
       const kind = classify(e);
@@ -119,12 +121,24 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
     await copier.drain().catch(() => undefined);
     await hasher?.drain().catch(() => undefined);
   }
+  progressSink()?.done();
   const compression = hasher?.compression();
   if (compression) ctx.proc.compression = compression;
   ctx.proc.vmas = vmas;
   ctx.proc.pagesFile = pagesName;
   out.close();
   if (hasher) ctx.proc.hashesFile = hasher.writeHashes(ctx.writer, ctx.nsPid);
+}
+
+/** Anonymous and shared memory the process holds (RssAnon + RssShmem): about what a checkpoint reads. */
+function anonRss(pid: number): number {
+  try {
+    const t = readFileSync(`/proc/${pid}/status`, 'latin1');
+    const kb = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(t)?.[1] ?? 0);
+    return (kb('RssAnon') + kb('RssShmem')) * 1024;
+  } catch {
+    return 0;
+  }
 }
 
 /**
@@ -203,6 +217,7 @@ class PageCopier {
         await this.pending;
         this.pending = this.out.writeAsync(buf, 0, len);
         this.which ^= 1;
+        progressSink()?.add(len);
         addr += len;
         left -= len;
       }
@@ -329,6 +344,8 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
   const chain = chainOf(ctx.manifest) ?? [{ dir: ctx.dir, manifest: ctx.manifest }];
   const parents = new ParentPages(chain, ctx.proc.pid, ctx.huskHostPid);
   const fileFds = new Map<string, number>();
+  const bar = progressSink();
+  bar?.start('restore', ctx.proc.vmas.reduce((n, v) => n + [...v.runs, ...(v.inherited ?? [])].reduce((a, [, c]) => a + c * PAGE_SIZE, 0), 0));
   try {
     for (const v of ctx.proc.vmas) {
       if (SPECIAL.has(v.kind)) continue;
@@ -365,12 +382,16 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
         }
       }
       if (v.inherited === undefined) {
-        for (const [first, count] of v.runs) await loader.load(v.start + first * PAGE_SIZE, count * PAGE_SIZE);
+        for (const [first, count] of v.runs) {
+          await loader.load(v.start + first * PAGE_SIZE, count * PAGE_SIZE);
+          bar?.add(count * PAGE_SIZE);
+        }
       } else {
         // Own pages in pages-file order (streamed), inherited ones read from the parent that stores them.
         for (const piece of pagePieces(chain, ctx.proc.pid, v)) {
           if (piece.link === 0) await loader.load(piece.addr, piece.pages * PAGE_SIZE);
           else parents.load(piece);
+          bar?.add(piece.pages * PAGE_SIZE);
         }
       }
       if (mapProt !== prot) t.syscall('mprotect', `protect ${hexa(v.start)}`, SYS.mprotect, v.start, len, prot);
@@ -397,6 +418,7 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
       throw new CrestError('IMAGE_CHECKSUM', `pages file ${pagesPath} is corrupted (CRC-32 ${got}, the image says ${want}); the restore was abandoned before the process ran`);
     }
   } finally {
+    bar?.done();
     loader.close();
     parents.close();
     for (const fd of fileFds.values()) t.syscallRaw(SYS.close, fd);

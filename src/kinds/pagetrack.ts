@@ -17,6 +17,7 @@ import type { DataFile, ImageWriter } from '../image/writer.js';
 import { CrestError } from '../sys/errors.js';
 import { native } from '../sys/native.js';
 import { PAGE_SIZE } from '../sys/constants.js';
+import { progressSink } from '../progress.js';
 
 /** What dump() is told to do about page tracking. */
 export interface PageTrackingOptions {
@@ -284,6 +285,7 @@ export class HashingCopier {
           this.which ^= 1;
           this.storedPages += kept;
         }
+        progressSink()?.add(n * PAGE_SIZE);
         page += n;
         left -= n;
       }
