@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { benchBatch } from './batch.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
@@ -152,6 +153,8 @@ async function main(): Promise<void> {
   const out = join(ROOT, 'bench', 'results.json');
   writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), rows }, null, 1) + '\n');
   console.log(`JSON: ${out}`);
+  // Checkpoints of a running job: full vs incremental, pauses, compression (bench/batch.ts).
+  await benchBatch(ROOT);
 }
 
 main().catch((e) => {

@@ -941,6 +941,97 @@ static napi_value js_zstdCompress(napi_env env, napi_callback_info info) {
 #endif
 }
 
+// zstdCompressAsync(src, srcOff, srcLen, dst, dstOff, dstLen, level) -> Promise of
+// the bytes written. The one call that runs off the JS thread: on the libuv
+// pool, so that pages are compressed on a spare core while crest reads and
+// hashes the next ones. Both buffers stay referenced until it settles, and
+// must not be touched meanwhile.
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref src_ref, dst_ref;
+  const uint8_t *src;
+  uint8_t *dst;
+  size_t slen, dlen, result;
+  int level;
+} zstd_job;
+
+#ifdef CREST_HAVE_ZSTD
+// One context per pool thread, kept for the life of the thread.
+static __thread ZSTD_CCtx *pool_cctx;
+
+static void zstd_job_execute(napi_env env, void *data) {
+  (void)env;
+  zstd_job *j = data;
+  if (!pool_cctx) pool_cctx = ZSTD_createCCtx();
+  if (!pool_cctx) {
+    j->result = (size_t)-1;
+    return;
+  }
+  size_t r = ZSTD_CCtx_setParameter(pool_cctx, ZSTD_c_compressionLevel, j->level);
+  j->result = ZSTD_isError(r) ? r : ZSTD_compress2(pool_cctx, j->dst, j->dlen, j->src, j->slen);
+}
+#endif
+
+static void zstd_job_complete(napi_env env, napi_status status, void *data) {
+  zstd_job *j = data;
+  napi_value v;
+#ifdef CREST_HAVE_ZSTD
+  if (status == napi_ok && !ZSTD_isError(j->result) && napi_create_int64(env, (int64_t)j->result, &v) == napi_ok) {
+    napi_resolve_deferred(env, j->deferred, v);
+  } else {
+    napi_value msg, err;
+    char text[160];
+    snprintf(text, sizeof text, "zstd compress failed: %s", status != napi_ok ? "cancelled" : ZSTD_getErrorName(j->result));
+    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &msg);
+    napi_create_error(env, NULL, msg, &err);
+    napi_reject_deferred(env, j->deferred, err);
+  }
+#else
+  (void)status;
+  (void)v;
+#endif
+  napi_delete_reference(env, j->src_ref);
+  napi_delete_reference(env, j->dst_ref);
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value js_zstdCompressAsync(napi_env env, napi_callback_info info) {
+  static const char FN[] = "zstdCompressAsync";
+  ARGS(7);
+  uint8_t *src, *dst;
+  size_t slen, dlen;
+  if (!arg_range(env, FN, argv, 0, "src", &src, &slen) || !arg_range(env, FN, argv, 3, "dst", &dst, &dlen)) return NULL;
+  INT_ARG(6, "level", -131072, 22, level);
+#ifdef CREST_HAVE_ZSTD
+  zstd_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    napi_throw_error(env, "CREST_NOMEM", "crest_native: out of memory");
+    return NULL;
+  }
+  j->src = src;
+  j->dst = dst;
+  j->slen = slen;
+  j->dlen = dlen;
+  j->level = (int)level;
+  napi_value promise, name;
+  if (napi_create_reference(env, argv[0], 1, &j->src_ref) != napi_ok ||
+      napi_create_reference(env, argv[3], 1, &j->dst_ref) != napi_ok ||
+      napi_create_promise(env, &j->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, "crest-zstd", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, zstd_job_execute, zstd_job_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    return napi_failed(env, "zstdCompressAsync setup");
+  }
+  return promise;
+#else
+  (void)src; (void)dst; (void)slen; (void)dlen; (void)level;
+  napi_throw_error(env, "CREST_NO_ZSTD", "crest's native addon was built without libzstd");
+  return NULL;
+#endif
+}
+
 // zstdDecompress(src, srcOff, srcLen, dst, dstOff, dstLen) -> bytes written.
 static napi_value js_zstdDecompress(napi_env env, napi_callback_info info) {
   static const char FN[] = "zstdDecompress";
@@ -1007,6 +1098,7 @@ static napi_value init(napi_env env, napi_value exports) {
       FUNC(flock),
       FUNC(zstdVersion),
       FUNC(zstdCompress),
+      FUNC(zstdCompressAsync),
       FUNC(zstdDecompress),
       FUNC(unameRelease),
       FUNC(mmapBuffer),

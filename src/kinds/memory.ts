@@ -339,9 +339,14 @@ const VMFLAG_MADVISE: [string, number][] = [
 export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
   const t = ctx.thread;
   const pagesPath = join(ctx.dir, ctx.proc.pagesFile);
-  const loader = ctx.proc.compression ? new CompressedPageLoader(pagesPath, ctx.huskHostPid, ctx.proc.compression) : new PageLoader(pagesPath, ctx.huskHostPid);
   // An incremental image's inherited pages come from its parents (image/chain.ts).
   const chain = chainOf(ctx.manifest) ?? [{ dir: ctx.dir, manifest: ctx.manifest }];
+  // Its own pages come in many small pieces between inherited ones: read through a window, not piece by piece.
+  const loader = ctx.proc.compression
+    ? new CompressedPageLoader(pagesPath, ctx.huskHostPid, ctx.proc.compression)
+    : chain.length > 1
+      ? new WindowPageLoader(pagesPath, ctx.huskHostPid)
+      : new PageLoader(pagesPath, ctx.huskHostPid);
   const parents = new ParentPages(chain, ctx.proc.pid, ctx.huskHostPid);
   const fileFds = new Map<string, number>();
   const bar = progressSink();
@@ -372,7 +377,8 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
       }
       const got = t.syscall('mmap', `map ${hexa(v.start)}-${hexa(v.end)}`, SYS.mmap, v.start, len, mapProt, flags, fd, v.kind === 'file' ? v.pgoff : 0);
       if (Number(got) !== v.start) throw new CrestError('RESTORE_MMAP', `mmap placed ${hexa(v.start)} at ${hexa(Number(got))}`);
-      for (const [first, count] of [...v.runs, ...(v.inherited ?? [])]) {
+      // Stored and inherited runs alternate: populate each stretch of adjacent runs with one call.
+      for (const [first, count] of mergeRuns([...v.runs, ...(v.inherited ?? [])])) {
         const addr = v.start + first * PAGE_SIZE;
         const n = count * PAGE_SIZE;
         // Populate in bulk first: first-touch faults page by page cost ~20x more.
@@ -522,6 +528,106 @@ class PageLoader {
   }
 }
 
+/** Runs sorted, adjacent ones joined: [[0,2],[2,3],[7,1]] -> [[0,5],[7,1]]. */
+export function mergeRuns(runs: [number, number][]): [number, number][] {
+  const out: [number, number][] = [];
+  for (const [f, c] of [...runs].sort((a, b) => a[0] - b[0])) {
+    const last = out[out.length - 1];
+    if (last && last[0] + last[1] === f) last[1] += c;
+    else out.push([f, c]);
+  }
+  return out;
+}
+
+/** Writes buf[at, at+n) into the husk's memory at addr. */
+function writeHusk(pid: number, addr: number, buf: Buffer, at: number, n: number): void {
+  let w = 0;
+  while (w < n) {
+    const k = native().processVmWritev(pid, addr + w, buf, at + w, n - w);
+    if (k <= 0) throw new CrestError('RESTORE_MEMORY', `could not write the husk's memory at ${hexa(addr + w)}`);
+    w += k;
+  }
+}
+
+/**
+ * An 8 MiB window over a file, moved by whole reads: many small pieces at
+ * ascending offsets cost one read per window, not one per piece. With
+ * `crc`, windows must be asked for in file order and the CRC-32 of the
+ * whole file is kept as they load.
+ */
+class ReadWindow {
+  private readonly buf = Buffer.allocUnsafe(IO_CHUNK);
+  private start = 0;
+  private len = 0;
+  crc = 0;
+  constructor(
+    private readonly fd: number,
+    private readonly what: string,
+    private readonly crcMode: boolean,
+  ) {}
+
+  /** [buffer, index] holding file bytes [off, off+n), n <= 8 MiB. */
+  get(off: number, n: number): [Buffer, number] {
+    if (off >= this.start && off + n <= this.start + this.len) return [this.buf, off - this.start];
+    // Sequential (CRC) mode: keep the unread tail, read on from the end of the window.
+    let keep = 0;
+    if (this.crcMode) {
+      // Every byte read once, in order: what is left of the window moves to its front.
+      if (off < this.start || off > this.start + this.len) throw new Error(`ReadWindow: ${this.what} read out of order at ${off}`);
+      keep = this.start + this.len - off;
+      if (keep > 0) this.buf.copy(this.buf, 0, off - this.start, this.len);
+    }
+    let got = keep;
+    while (got < this.buf.length) {
+      const r = readSync(this.fd, this.buf, got, this.buf.length - got, off + got);
+      if (r <= 0) break;
+      got += r;
+    }
+    if (got < n) throw new CrestError('IMAGE_TRUNCATED', `${this.what} ended early at offset ${off + got}`);
+    if (this.crcMode) this.crc = crc32(this.buf.subarray(keep, got), this.crc);
+    this.start = off;
+    this.len = got;
+    return [this.buf, 0];
+  }
+}
+
+/** A raw pages file read through a window, in order (its CRC-32 kept), for images with a parent. */
+class WindowPageLoader {
+  private readonly fd: number;
+  private readonly win: ReadWindow;
+  private off = 0;
+  constructor(
+    private readonly path: string,
+    private readonly pid: number,
+  ) {
+    this.fd = openSync(path, 'r');
+    this.win = new ReadWindow(this.fd, `pages file ${path}`, true);
+  }
+
+  async load(addr: number, len: number): Promise<void> {
+    let done = 0;
+    while (done < len) {
+      const n = Math.min(IO_CHUNK, len - done);
+      const [buf, at] = this.win.get(this.off, n);
+      writeHusk(this.pid, addr + done, buf, at, n);
+      this.off += n;
+      done += n;
+    }
+  }
+
+  finish(): string {
+    return (this.win.crc >>> 0).toString(16).padStart(8, '0');
+  }
+
+  close(): void {
+    try {
+      closeSync(this.fd);
+    } catch {
+      /* closed */
+    }
+  }
+}
+
 /**
  * A compressed pages file streamed into the husk: frame after frame read,
  * checksummed (the file's CRC-32, over the compressed bytes) and
@@ -610,6 +716,8 @@ class ParentPages {
     private readonly huskPid: number,
   ) {}
 
+  /** Per raw parent: a window of its pages file (pieces come in ascending offsets). */
+  private readonly windows = new Map<number, ReadWindow>();
   /** Per compressed parent: its frames' file offsets and the frame decompressed last. */
   private readonly frames = new Map<number, { starts: number[]; sizes: number[]; blockBytes: number; cached: number; data: Buffer; raw: Buffer }>();
 
@@ -622,24 +730,17 @@ class ParentPages {
       this.fds.set(piece.link, fd);
     }
     if (proc.compression) return this.loadCompressed(piece, fd, proc.compression, link.dir);
-    this.buf ??= Buffer.allocUnsafe(IO_CHUNK);
-    const buf = this.buf;
+    let win = this.windows.get(piece.link);
+    if (!win) {
+      win = new ReadWindow(fd, `parent pages file in ${link.dir}`, false);
+      this.windows.set(piece.link, win);
+    }
     let done = 0;
     const len = piece.pages * PAGE_SIZE;
     while (done < len) {
-      const n = Math.min(buf.length, len - done);
-      let got = 0;
-      while (got < n) {
-        const r = readSync(fd, buf, got, n - got, piece.offset + done + got);
-        if (r <= 0) throw new CrestError('IMAGE_TRUNCATED', `parent pages file in ${link.dir} ended early at offset ${piece.offset + done + got}`);
-        got += r;
-      }
-      let w = 0;
-      while (w < n) {
-        const k = native().processVmWritev(this.huskPid, piece.addr + done + w, buf, w, n - w);
-        if (k <= 0) throw new CrestError('RESTORE_MEMORY', `could not write the husk's memory at ${hexa(piece.addr + done + w)}`);
-        w += k;
-      }
+      const n = Math.min(IO_CHUNK, len - done);
+      const [buf, at] = win.get(piece.offset + done, n);
+      writeHusk(this.huskPid, piece.addr + done, buf, at, n);
       done += n;
     }
   }

@@ -8,6 +8,7 @@
 // Every image made this way records all its page hashes (hashes-PID.img), so
 // the next checkpoint can be incremental on it.
 import { closeSync, openSync, readSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { xxh64 } from '@node-rs/xxhash';
@@ -142,64 +143,118 @@ class HashList {
   }
 }
 
-/** Size of the buffers compressed frames are gathered in before they are written. */
-const OUT_CAP = 8 * 1024 * 1024;
+/** Blocks being compressed at once, on the libuv pool (the spare cores). */
+const COMPRESSORS = Math.max(1, Math.min(4, availableParallelism()));
+const BLOCK_BYTES = COMPRESS_BLOCK_PAGES * PAGE_SIZE;
 
 /**
- * Compressed pages: stored pages gathered into 1 MiB blocks, each compressed
- * into one zstd frame; frames gathered into 8 MiB buffers written in the
- * background (double-buffered, like the raw path).
+ * `len` bytes of `src` as a zstd frame of raw (stored) blocks (RFC 8878):
+ * what a compressed pages file holds where compressing would have slowed
+ * the checkpoint down. Any zstd decoder reads it. Returns its size.
+ */
+export function rawFrame(src: Buffer, len: number, out: Buffer): number {
+  out.writeUInt32LE(0xfd2fb528, 0); // magic
+  out[4] = 0xa0; // single segment, 4-byte content size
+  out.writeUInt32LE(len, 5);
+  let o = 9;
+  let done = 0;
+  const MAX_BLOCK = 128 * 1024;
+  do {
+    const n = Math.min(MAX_BLOCK, len - done);
+    const last = done + n >= len ? 1 : 0;
+    const header = last | (0 << 1) | (n << 3); // raw block
+    out[o] = header & 0xff;
+    out[o + 1] = (header >>> 8) & 0xff;
+    out[o + 2] = (header >>> 16) & 0xff;
+    src.copy(out, o + 3, done, done + n);
+    o += 3 + n;
+    done += n;
+  } while (done < len);
+  return o;
+}
+
+interface Slot {
+  stage: Buffer;
+  out: Buffer;
+  /** Settles once this block's frame is written (the slot is free again). */
+  done: Promise<void> | null;
+}
+
+/**
+ * Compressed pages: stored pages gathered into 1 MiB blocks, each one zstd
+ * frame. A block is compressed on the libuv pool when a compressor is free;
+ * when all are busy it is stored as a raw frame at once, so that compression
+ * only ever uses spare CPU and never makes a checkpoint slower than writing
+ * the pages raw. Frames are written in order.
  */
 class CompressedSink {
-  private readonly stage = Buffer.allocUnsafe(COMPRESS_BLOCK_PAGES * PAGE_SIZE);
+  private readonly slots: Slot[];
+  private cur = 0;
   private stageLen = 0;
-  private readonly outs = [Buffer.allocUnsafe(OUT_CAP), Buffer.allocUnsafe(OUT_CAP)];
-  private which = 0;
-  private outLen = 0;
-  private pending: Promise<void> = Promise.resolve();
+  private busy = 0;
+  private chain: Promise<void> = Promise.resolve();
   readonly blocks: number[] = [];
+  compressedBlocks = 0;
+  rawBlocks = 0;
 
-  constructor(private readonly out: DataFile) {}
+  constructor(private readonly out: DataFile) {
+    // Deep enough that blocks behind one being compressed never make the copy wait.
+    this.slots = Array.from({ length: 16 }, () => ({ stage: Buffer.allocUnsafe(BLOCK_BYTES), out: Buffer.allocUnsafe(BLOCK_BYTES + (BLOCK_BYTES >> 8) + 65536), done: null }));
+  }
 
   async add(buf: Buffer, len: number): Promise<void> {
     let off = 0;
     while (off < len) {
-      const n = Math.min(len - off, this.stage.length - this.stageLen);
-      buf.copy(this.stage, this.stageLen, off, off + n);
+      const slot = this.slots[this.cur]!;
+      if (slot.done) {
+        await slot.done;
+        slot.done = null;
+      }
+      const n = Math.min(len - off, BLOCK_BYTES - this.stageLen);
+      buf.copy(slot.stage, this.stageLen, off, off + n);
       this.stageLen += n;
       off += n;
-      if (this.stageLen === this.stage.length) await this.compressBlock();
+      if (this.stageLen === BLOCK_BYTES) this.submit();
     }
   }
 
-  private async compressBlock(): Promise<void> {
-    // Worst case of zstd: a little more than the input (ZSTD_COMPRESSBOUND).
-    const bound = this.stageLen + (this.stageLen >> 8) + 65536;
-    if (this.outLen + bound > OUT_CAP) await this.flush();
-    const outBuf = this.outs[this.which]!;
-    const n = native().zstdCompress(this.stage, 0, this.stageLen, outBuf, this.outLen, OUT_CAP - this.outLen, COMPRESS_LEVEL);
-    this.blocks.push(n);
-    this.outLen += n;
+  private submit(): void {
+    const slot = this.slots[this.cur]!;
+    const len = this.stageLen;
+    let frame: Promise<number>;
+    if (this.busy < COMPRESSORS) {
+      this.busy++;
+      this.compressedBlocks++;
+      frame = native()
+        .zstdCompressAsync(slot.stage, 0, len, slot.out, 0, slot.out.length, COMPRESS_LEVEL)
+        .finally(() => this.busy--);
+    } else {
+      this.rawBlocks++;
+      frame = Promise.resolve(rawFrame(slot.stage, len, slot.out));
+    }
+    frame.catch(() => undefined); // reported through the chain
+    const index = this.blocks.length;
+    this.blocks.push(0);
+    this.chain = this.chain.then(async () => {
+      const n = await frame;
+      this.blocks[index] = n;
+      await this.out.writeAsync(slot.out, 0, n);
+    });
+    slot.done = this.chain;
+    this.chain.catch(() => undefined); // awaited by finish()
+    this.cur = (this.cur + 1) % this.slots.length;
     this.stageLen = 0;
   }
 
-  private async flush(): Promise<void> {
-    if (this.outLen === 0) return;
-    await this.pending;
-    this.pending = this.out.writeAsync(this.outs[this.which]!, 0, this.outLen);
-    this.which ^= 1;
-    this.outLen = 0;
-  }
-
-  /** Compresses what is left, writes everything, waits for the writes. */
+  /** Submits what is left, waits for every frame to be written. */
   async finish(): Promise<void> {
-    if (this.stageLen > 0) await this.compressBlock();
-    await this.flush();
-    await this.pending;
-  }
-
-  drain(): Promise<void> {
-    return this.pending;
+    const slot = this.slots[this.cur]!;
+    if (this.stageLen > 0) {
+      if (slot.done) await slot.done;
+      slot.done = null;
+      this.submit();
+    }
+    await this.chain;
   }
 }
 

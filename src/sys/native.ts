@@ -71,6 +71,11 @@ export interface Native {
   zstdVersion(): string | null;
   /** Compresses src[srcOff, +srcLen) into dst[dstOff, +dstLen) as one zstd frame; returns its size. */
   zstdCompress(src: Buffer, srcOff: number, srcLen: number, dst: Buffer, dstOff: number, dstLen: number, level: number): number;
+  /**
+   * The same on the libuv pool (a spare core): resolves to the frame's size.
+   * Neither buffer may be touched until it settles.
+   */
+  zstdCompressAsync(src: Buffer, srcOff: number, srcLen: number, dst: Buffer, dstOff: number, dstLen: number, level: number): Promise<number>;
   /** Decompresses one frame src[srcOff, +srcLen) into dst[dstOff, +dstLen); returns the bytes written. */
   zstdDecompress(src: Buffer, srcOff: number, srcLen: number, dst: Buffer, dstOff: number, dstLen: number): number;
   /** A page-aligned Buffer of `size` bytes backed by its own anonymous mmap (for O_DIRECT I/O). */
