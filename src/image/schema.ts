@@ -163,6 +163,19 @@ const PipeBufferSchema = v.strictObject({
 
 const TimespecSchema = v.strictObject({ sec: u, nsec: v.pipe(u, v.maxValue(999_999_999)) });
 
+/** A terminal as the job saw it: its line settings (struct termios) and whether the job was in its foreground. */
+export const TerminalSchema = v.strictObject({
+  /** c_iflag, c_oflag, c_cflag, c_lflag as TCGETS gives them. */
+  iflag: u,
+  oflag: u,
+  cflag: u,
+  lflag: u,
+  /** c_cc: the NCCS (19) control characters, as hex. */
+  cc: v.pipe(v.string(), v.regex(/^([0-9a-f]{2}){19}$/)),
+  /** The job's process group was the terminal's foreground group (the terminal was its controlling one). */
+  foreground: v.boolean(),
+});
+
 /**
  * One open file description, shared by every fd that refers to it (dup'd fds
  * share offset and status flags, so they are restored as one open + dups).
@@ -201,6 +214,20 @@ export const OpenFileSchema = v.variant('kind', [
     stream: v.picklist([0, 1, 2]),
     /** What it was, for `crest show`: "/dev/pts/3", "pipe:[1234]". */
     was: v.string(),
+    /** When the stream was a terminal: its line settings, given to crest restore's terminal. */
+    terminal: v.optional(TerminalSchema),
+  }),
+  /**
+   * The job's controlling terminal opened again by the process (/dev/tty, or
+   * its /dev/pts path): reopened as /dev/tty, crest restore's terminal.
+   */
+  v.strictObject({
+    kind: v.literal('tty'),
+    id: u,
+    flags: u,
+    /** The path it was opened by, for `crest show`. */
+    was: v.pipe(v.string(), v.startsWith('/dev/')),
+    terminal: TerminalSchema,
   }),
   /** eventfd: its counter and EFD_SEMAPHORE. */
   v.strictObject({
@@ -485,6 +512,7 @@ export type ThreadImage = v.InferOutput<typeof ThreadSchema>;
 export type VmaImage = v.InferOutput<typeof VmaSchema>;
 export type OpenFileImage = v.InferOutput<typeof OpenFileSchema>;
 export type FdImage = v.InferOutput<typeof FdSchema>;
+export type TerminalImage = v.InferOutput<typeof TerminalSchema>;
 export type FileIdentity = v.InferOutput<typeof FileIdentitySchema>;
 export type DataRef = v.InferOutput<typeof DataRefSchema>;
 export type Regs = v.InferOutput<typeof RegsSchema>;

@@ -1,6 +1,6 @@
 // What `crest show` prints, as pure functions over a manifest the reader
 // accepted: a readable description and a JSON-able summary. No printing here.
-import type { Manifest, OpenFileImage, ProcessImage, VmaImage } from './schema.js';
+import type { Manifest, OpenFileImage, ProcessImage, TerminalImage, VmaImage } from './schema.js';
 import { PAGE_SIZE } from './validate.js';
 
 /** Per-process part of ImageSummary. */
@@ -156,6 +156,12 @@ function hexAddr(n: number): string {
   return n.toString(16).padStart(12, '0');
 }
 
+/** A terminal's settings in brief: the modes a user would notice. */
+function terminalModes(t: TerminalImage): string {
+  const lflag = (bit: number, name: string) => ((t.lflag & bit) !== 0 ? name : `-${name}`);
+  return `terminal ${lflag(0o10, 'echo')} ${lflag(0o2, 'icanon')} ${lflag(0o1, 'isig')}${t.foreground ? '  foreground' : ''}`;
+}
+
 function describeFile(f: OpenFileImage | undefined): string {
   if (f === undefined) return '(missing)';
   switch (f.kind) {
@@ -164,7 +170,9 @@ function describeFile(f: OpenFileImage | undefined): string {
     case 'chardev':
       return `chardev ${f.path}  ${openFlags(f.flags)}  pos ${f.pos}`;
     case 'stdio':
-      return `stdio: restored as crest's ${['stdin', 'stdout', 'stderr'][f.stream]} (was ${f.was})`;
+      return `stdio: restored as crest's ${['stdin', 'stdout', 'stderr'][f.stream]} (was ${f.was})${f.terminal ? `  ${terminalModes(f.terminal)}` : ''}`;
+    case 'tty':
+      return `tty: its terminal again, as /dev/tty (was ${f.was})  ${openFlags(f.flags)}  ${terminalModes(f.terminal)}`;
     case 'eventfd':
       return `eventfd  count ${BigInt(f.count)}${f.semaphore ? '  semaphore' : ''}  ${openFlags(f.flags)}`;
     case 'timerfd':

@@ -11,6 +11,7 @@ export const NR = {
   lseek: 8,
   mmap: 9,
   munmap: 11,
+  rt_sigprocmask: 14,
   ioctl: 16,
   pread64: 17,
   pwrite64: 18,
@@ -77,6 +78,12 @@ export const LOCK_NB = 4;
 /** ioctl requests. */
 export const IOCTL = {
   FIONREAD: 0x541b,
+  /** Terminal line settings (struct termios, 36 bytes): read, and set at once (TCSANOW). */
+  TCGETS: 0x5401,
+  TCSETS: 0x5402,
+  /** _IOW('T', 0x31, int): unlock a pty master's slave; _IO('T', 0x41): open the slave from the master. */
+  TIOCSPTLCK: 0x40045431,
+  TIOCGPTPEER: 0x5441,
   /** _IOW('T', 0, u64): sets a timerfd's expiration count (CONFIG_CHECKPOINT_RESTORE). */
   TFD_IOC_SET_TICKS: 0x40085400,
 } as const;

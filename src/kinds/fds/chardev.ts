@@ -1,20 +1,17 @@
 // Character devices reopened by path (/dev/null, /dev/urandom ...).
-// Terminals are not: a terminal that is not the job's own stream from
-// outside would need its session and line settings.
+// Terminals are not: they are the job's streams from outside (stdio.ts) or
+// its controlling terminal opened again (tty.ts), matched before this kind.
 import { statSync } from 'node:fs';
 import { O } from '../../sys/constants.js';
 import { CrestError } from '../../sys/errors.js';
 import { NR } from './abi.js';
 import { call } from './inject.js';
-import { devMajor, refuseFd, type FdKind } from './types.js';
-
-const TTY_MAJORS = new Set([4, 5, 136, 137, 138, 139, 140, 141, 142, 143]);
+import { refuseFd, type FdKind } from './types.js';
 
 export const chardev: FdKind<'chardev'> = {
   name: 'chardev',
   match: (p) => p.st.isCharacterDevice(),
   check(p, ctx) {
-    if (TTY_MAJORS.has(devMajor(p.st.rdev))) throw refuseFd(ctx.hostPid, p.fd, 'terminal', `terminal ${p.link} is not supported yet`);
     if (!p.link.startsWith('/dev/')) throw refuseFd(ctx.hostPid, p.fd, 'chardev', `${p.link} is not a device under /dev`);
   },
   dump(p, _ctx, id) {

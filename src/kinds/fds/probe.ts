@@ -44,7 +44,28 @@ function pair(ij: ProbeCtx, nr: number, name: string, ...args: number[]): [numbe
 const PROBES: [string, (ij: ProbeCtx) => string][] = [
   ['file', () => 'regular files and directories: reopened by path (always)'],
   ['chardev', () => 'character devices under /dev except terminals: reopened by path (always)'],
-  ['stdio', () => "the job's standard streams from outside: become crest restore's (always)"],
+  ['stdio', () => "the job's standard streams from outside: become crest restore's, a terminal with the job's line settings (always)"],
+  [
+    'tty',
+    (ij) => {
+      // What restore does to crest restore's terminal, tried on a new pty: read the settings, set others, read them back.
+      const m = raw(ij, NR.openat, -100, ij.mem.str('/dev/ptmx'), 2 /* O_RDWR */ | 0o400 /* O_NOCTTY */, 0);
+      if (m < 0) return `the job's terminal opened again (/dev/tty) comes back as crest restore's /dev/tty (not tried: /dev/ptmx fails with errno ${-m})`;
+      call(ij, 'ioctl', 'unlock the probe pty', NR.ioctl, m, IOCTL.TIOCSPTLCK, ij.mem.put(Buffer.alloc(4)));
+      const s = call(ij, 'ioctl', 'open the probe pty', NR.ioctl, m, IOCTL.TIOCGPTPEER, 2 | 0o400);
+      const at = ij.mem.alloc(36);
+      call(ij, 'ioctl', 'TCGETS', NR.ioctl, s, IOCTL.TCGETS, at);
+      const t = ij.thread.readMem(at, 36);
+      t.writeUInt32LE(t.readUInt32LE(12) ^ 0o10 /* ECHO */, 12);
+      ij.thread.writeMem(at, t);
+      call(ij, 'ioctl', 'TCSETS', NR.ioctl, s, IOCTL.TCSETS, at);
+      call(ij, 'ioctl', 'TCGETS', NR.ioctl, s, IOCTL.TCGETS, at);
+      if (ij.thread.readMem(at, 36).readUInt32LE(12) !== t.readUInt32LE(12)) throw new Error('TCSETS did not change the echo flag of a pty: terminal settings cannot be given back');
+      raw(ij, NR.close, s);
+      raw(ij, NR.close, m);
+      return "terminal settings read and set with TCGETS/TCSETS (tried on a new pty); the job's terminal opened again (/dev/tty) comes back as crest restore's /dev/tty";
+    },
+  ],
   [
     'eventfd',
     (ij) => {

@@ -1,9 +1,10 @@
 // The one list of fd kinds, in matching order: the first kind whose match()
 // accepts an fd handles it (the job's standard streams from outside come
-// before anything else, memfds and deleted files before plain files).
+// before anything else, then its terminal opened again, memfds and deleted files before plain files).
 import type { OpenFileImage } from '../../image/schema.js';
 import type { AnyFdKind } from './types.js';
 import { stdio } from './stdio.js';
+import { tty } from './tty.js';
 import { file } from './file.js';
 import { chardev } from './chardev.js';
 import { eventfd } from './eventfd.js';
@@ -17,7 +18,7 @@ import { memfd } from './memfd.js';
 import { deleted } from './deleted.js';
 import { inotify } from './inotify.js';
 
-export const FD_KINDS: readonly AnyFdKind[] = [stdio, memfd, deleted, file, chardev, eventfd, signalfd, timerfd, epoll, pipe, fifo, unix, inet, inotify];
+export const FD_KINDS: readonly AnyFdKind[] = [stdio, tty, memfd, deleted, file, chardev, eventfd, signalfd, timerfd, epoll, pipe, fifo, unix, inet, inotify];
 
 /** The kind that restores images of kind `name`; an unknown name is a programming error. */
 export function fdKind(name: OpenFileImage['kind']): AnyFdKind {
