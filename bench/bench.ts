@@ -1,5 +1,6 @@
 // `npm run bench`: dump and restore times and image sizes for processes
-// holding 1 MiB, 256 MiB and 1 GiB of touched anonymous memory, next to what
+// holding 1 MiB, 256 MiB and 1 GiB of touched anonymous memory (and for a
+// 16-thread process with 64 MiB per thread), next to what
 // this machine needs just to touch that much fresh memory, measured in the
 // same run (machines are shared and noisy: compare ratios, quote medians).
 // Prints a table and writes bench/results.json.
@@ -102,6 +103,82 @@ async function once(mib: number, runNo: number): Promise<Sample> {
   }
 }
 
+// ---- A multi-threaded process: THREADS threads with MIB_PER_THREAD MiB each
+// (test/targets/threads_mem: every thread fills its own memory, then sleeps in
+// a 10 ms loop), dumped and restored like the rows above. CREST_BENCH_THREADS
+// = "THREADSxMIB" (default 16x64), or "0" to leave it out.
+const THREADS_SPEC = process.env.CREST_BENCH_THREADS ?? '16x64';
+const THREADS_TARGET = join(ROOT, 'test', 'targets', 'bin', 'threads_mem');
+
+async function onceThreads(threads: number, mibPerThread: number, runNo: number): Promise<Sample> {
+  const mib = threads * mibPerThread;
+  const work = mkdtempSync(join(tmpdir(), 'crest-bench-thr-'));
+  const image = join(work, 'image');
+  const name = `bench-${process.pid}-t${threads}-${runNo}`;
+  const job = spawn(process.execPath, [CLI, 'run', '--name', name, '--', THREADS_TARGET, work, String(threads), String(mibPerThread)], { stdio: 'ignore' });
+  const jobExit = new Promise((r) => job.on('exit', r));
+  try {
+    await waitFile(join(work, 'ready'), 120000);
+    const d = timeCmd(['dump', '--job', name, '-D', image, '--json'], work);
+    await jobExit;
+    const dj = JSON.parse(d.out) as { durationMs: number };
+    const imageBytes = dirSize(image);
+    const touchPageMs = touch(mib, 'page');
+    const touchBulkMs = touch(mib, 'bulk');
+    const r = timeCmd(['restore', '-D', image, '--detach', '--json', '--name', `${name}-r`], work);
+    const rj = JSON.parse(r.out) as { durationMs: number; pid: number };
+    try {
+      process.kill(rj.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    return { dumpWallMs: d.ms, dumpMs: dj.durationMs, restoreWallMs: r.ms, restoreMs: rj.durationMs, imageBytes, touchPageMs, touchBulkMs };
+  } finally {
+    try {
+      job.kill('SIGKILL');
+    } catch {
+      /* gone */
+    }
+    await sleep(200);
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+/** The multi-threaded row (medians of 3 runs), or null when CREST_BENCH_THREADS=0. */
+async function benchThreads() {
+  if (THREADS_SPEC === '0') return null;
+  const m = /^(\d+)x(\d+)$/.exec(THREADS_SPEC);
+  if (!m) throw new Error(`CREST_BENCH_THREADS=${THREADS_SPEC}: expected THREADSxMIB (e.g. 16x64) or 0`);
+  const threads = Number(m[1]);
+  const mibPerThread = Number(m[2]);
+  if (!existsSync(THREADS_TARGET)) throw new Error(`${THREADS_TARGET} missing: run make -C test/targets first`);
+  const runs = Math.max(3, Math.min(RUNS, 3));
+  const samples: Sample[] = [];
+  for (let i = 0; i < runs; i++) {
+    samples.push(await onceThreads(threads, mibPerThread, i));
+    process.stderr.write('.');
+  }
+  const med = (k: keyof Sample): number => median(samples.map((s) => s[k]));
+  const mib = threads * mibPerThread;
+  return {
+    mib,
+    label: `${threads} threads x ${mibPerThread} MiB`,
+    threads,
+    mibPerThread,
+    runs,
+    dumpWallMs: med('dumpWallMs'),
+    dumpMs: med('dumpMs'),
+    dumpGBps: (mib * 1048576) / 1e9 / (med('dumpMs') / 1000),
+    restoreWallMs: med('restoreWallMs'),
+    restoreMs: med('restoreMs'),
+    imageMiB: med('imageBytes') / 1048576,
+    touchPageMs: med('touchPageMs'),
+    touchBulkMs: med('touchBulkMs'),
+    restoreVsTouch: median(samples.map((s) => s.restoreMs / s.touchPageMs)),
+    samples,
+  };
+}
+
 async function main(): Promise<void> {
   for (const p of [CLI, TARGET, TOUCH]) if (!existsSync(p)) throw new Error(`${p} missing: run npm run build first`);
   const rows = [];
@@ -129,11 +206,13 @@ async function main(): Promise<void> {
       samples,
     });
   }
+  const threadsRow = await benchThreads();
+  if (threadsRow) rows.push(threadsRow);
   process.stderr.write('\n');
   const f = (n: number, d = 0): string => n.toFixed(d);
   const head = ['memory', 'dump wall', 'dump', 'dump rate', 'restore wall', 'restore', 'image', 'touch (page)', 'touch (bulk)', 'restore/touch'];
   const table = rows.map((r) => [
-    `${r.mib} MiB`,
+    'label' in r ? String(r.label) : `${r.mib} MiB`,
     `${f(r.dumpWallMs)} ms`,
     `${f(r.dumpMs)} ms`,
     `${f(r.dumpGBps, 2)} GB/s`,
@@ -148,7 +227,7 @@ async function main(): Promise<void> {
   const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
   console.log(line(head));
   for (const r of table) console.log(line(r));
-  console.log(`medians of ${RUNS} runs (3 for 1 GiB); "wall" includes starting the crest command; "dump"/"restore" are crest's own timings;`);
+  console.log(`medians of ${RUNS} runs (3 for 1 GiB and for the threads row); "wall" includes starting the crest command; "dump"/"restore" are crest's own timings;`);
   console.log('restore/touch = restore time over the time this machine takes to first-touch the same amount of fresh memory, measured right before it.');
   const out = join(ROOT, 'bench', 'results.json');
   writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), rows }, null, 1) + '\n');

@@ -63,14 +63,21 @@ export const C_TARGETS = [
   'threads2',
   'forker',
   'sockfd',
+  'threads_locks',
+  'threads_blocked',
+  'threads_churn',
+  'threads_mem',
+  'threads_forker',
+  'threads_signals',
+  'threads_attrs',
 ] as const;
-/** Every target: the C ones and the Python loop. */
-export const TARGETS = [...C_TARGETS, 'py_loop'] as const;
+/** Every target: the C ones and the Python scripts (test/fixtures/scripts/NAME.py). */
+export const TARGETS = [...C_TARGETS, 'py_loop', 'py_threads'] as const;
 export type TargetName = (typeof TARGETS)[number];
 
 /** The argv of `target` working in `workDir` (extra arguments after the directory). */
 export function targetArgv(target: TargetName, workDir: string, extra: readonly string[] = []): string[] {
-  if (target === 'py_loop') return [PYTHON, path.join(SCRIPTS_DIR, 'py_loop.py'), workDir, ...extra];
+  if (target.startsWith('py_')) return [PYTHON, path.join(SCRIPTS_DIR, `${target}.py`), workDir, ...extra];
   return [path.join(TARGETS_BIN, target), workDir, ...extra];
 }
 
