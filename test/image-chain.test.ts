@@ -162,8 +162,9 @@ test('format version 2 rules: inherited pages need a parent and version 2, stay 
   edit((m) => (m.processes[0].vmas[0].inherited = [[2, 1], [1, 1]]));
   edit((m) => (m.processes[0].vmas[0].inherited = [[1, 6]]));
   edit((m) => (m.processes[0].hashesFile = 'nope.img'));
-  edit((m) => (m.processes[0].compression = { codec: 'zstd', blockPages: 256, blocks: [5] }));
-  edit((m) => (m.processes[0].compression = { codec: 'zstd', blockPages: 1, blocks: [4000, 96] }));
+  edit((m) => (m.processes[0].compression = { codec: 'zstd', blocks: [[2, 0]] }));
+  edit((m) => (m.processes[0].compression = { codec: 'zstd', blocks: [[1, 5000]] }));
+  edit((m) => (m.processes[0].compression = { codec: 'zstd', blocks: [[1, 0], [1, 10]] }));
   assert.equal(readImage(g).formatVersion, 2);
 
   // A version 1 image (no version 2 fields) still reads.

@@ -443,15 +443,15 @@ export const ProcessSchema = v.strictObject({
    */
   hashesFile: v.optional(v.string()),
   /**
-   * (version 2) The pages file is compressed: one zstd frame per
-   * `blockPages` stored pages (the last frame may hold fewer), `blocks`
-   * giving each frame's size in bytes. Absent: raw pages (section 9).
+   * (version 2) The pages file is in blocks, in order: each holds `pages`
+   * stored pages (in pages-file order, section 9) as one zstd frame of
+   * `bytes` bytes padded with zeros to a multiple of 4096, or, when `bytes`
+   * is 0, as the plain pages. Absent: plain pages throughout.
    */
   compression: v.optional(
     v.strictObject({
       codec: v.literal('zstd'),
-      blockPages: v.pipe(u, v.minValue(1), v.maxValue(65536)),
-      blocks: v.array(v.pipe(u, v.minValue(1))),
+      blocks: v.array(v.tuple([v.pipe(u, v.minValue(1), v.maxValue(65536)), u])),
     }),
   ),
   files: v.array(OpenFileSchema),

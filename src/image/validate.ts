@@ -178,14 +178,14 @@ export function checkSemantics(m: Manifest, limit = 5): string[] {
       if (add(`${pp}.pagesFile`, `"${proc.pagesFile}" is not listed in files`)) return problems;
     } else if (proc.compression) {
       const c = proc.compression;
-      const frames = Math.ceil(storedPages / c.blockPages);
-      const bytes = c.blocks.reduce((a, b) => a + b, 0);
+      const pages = c.blocks.reduce((a, [n]) => a + n, 0);
+      const bytes = c.blocks.reduce((a, [n, b]) => a + (b === 0 ? n * PAGE_SIZE : Math.ceil(b / PAGE_SIZE) * PAGE_SIZE), 0);
       if (m.formatVersion < 2) {
         if (add(`${pp}.compression`, 'compressed pages need format version 2')) return problems;
-      } else if (c.blocks.length !== frames) {
-        if (add(`${pp}.compression.blocks`, `${c.blocks.length} frames, but ${storedPages} stored pages in frames of ${c.blockPages} make ${frames}`)) return problems;
+      } else if (pages !== storedPages) {
+        if (add(`${pp}.compression.blocks`, `the blocks hold ${pages} pages, but the runs store ${storedPages}`)) return problems;
       } else if (entry.size !== bytes) {
-        if (add(`${pp}.pagesFile`, `"${proc.pagesFile}" records ${entry.size} bytes, but its compressed frames add up to ${bytes}`)) return problems;
+        if (add(`${pp}.pagesFile`, `"${proc.pagesFile}" records ${entry.size} bytes, but its blocks (frames padded to 4096) add up to ${bytes}`)) return problems;
       }
     } else if (entry.size !== storedPages * PAGE_SIZE) {
       if (add(`${pp}.pagesFile`, `"${proc.pagesFile}" records ${entry.size} bytes, but the runs store ${storedPages} pages (${storedPages * PAGE_SIZE} bytes)`)) return problems;

@@ -71,8 +71,7 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
   const pagemapFd = openSync(`/proc/${pid}/pagemap`, 'r');
   const memFd = ctx.thread.mem();
   const pagesName = `pages-${ctx.nsPid}.img`;
-  // Compressed frames have any length: O_DIRECT (whole aligned pages) only for raw pages.
-  const out = ctx.writer.openData(pagesName, { direct: !ctx.pageTracking?.compress });
+  const out = ctx.writer.openData(pagesName, { direct: true });
   const copier = new PageCopier(pid, memFd, out);
   // Incremental checkpoints: pages hashed, compared with the parent's (kinds/pagetrack.ts).
   const hasher = ctx.pageTracking ? new HashingCopier(pid, memFd, out, buffers(), ctx.pageTracking, ctx.nsPid) : null;
@@ -628,63 +627,94 @@ class WindowPageLoader {
   }
 }
 
+/** Where each block of a compressed pages file is: its first stored page, file offset, size on disk. */
+interface BlockIndex {
+  firstPage: number[];
+  fileOff: number[];
+  /** [pages, frame bytes or 0 for plain pages] as the manifest has them. */
+  blocks: [number, number][];
+}
+
+function blockIndex(blocks: [number, number][]): BlockIndex {
+  const firstPage: number[] = [];
+  const fileOff: number[] = [];
+  let p = 0;
+  let o = 0;
+  for (const [pages, bytes] of blocks) {
+    firstPage.push(p);
+    fileOff.push(o);
+    p += pages;
+    o += bytes === 0 ? pages * PAGE_SIZE : Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
+  }
+  return { firstPage, fileOff, blocks };
+}
+
+/** Reads block b of a compressed pages file into `into` (plain pages, decompressed); returns [buffer holding them, the raw bytes read]. */
+function readBlock(fd: number, ix: BlockIndex, b: number, into: Buffer, raw: { buf: Buffer }, what: string): [Buffer, Buffer] {
+  const [pages, bytes] = ix.blocks[b]!;
+  const onDisk = bytes === 0 ? pages * PAGE_SIZE : Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
+  if (raw.buf.length < onDisk) raw.buf = Buffer.allocUnsafe(onDisk);
+  let got = 0;
+  while (got < onDisk) {
+    const n = readSync(fd, raw.buf, got, onDisk - got, ix.fileOff[b]! + got);
+    if (n <= 0) throw new CrestError('IMAGE_TRUNCATED', `${what} ended early at offset ${ix.fileOff[b]! + got}`);
+    got += n;
+  }
+  if (bytes === 0) return [raw.buf, raw.buf.subarray(0, onDisk)];
+  let n: number;
+  try {
+    n = native().zstdDecompress(raw.buf, 0, bytes, into, 0, into.length);
+  } catch (e) {
+    throw new CrestError('IMAGE_CHECKSUM', `${what}: block ${b} does not decompress (${(e as Error).message}); the image is damaged`, { cause: e });
+  }
+  if (n !== pages * PAGE_SIZE) throw new CrestError('IMAGE_CHECKSUM', `${what}: block ${b} holds ${n} bytes, not ${pages} pages; the image is damaged`);
+  return [into, raw.buf.subarray(0, onDisk)];
+}
+
 /**
- * A compressed pages file streamed into the husk: frame after frame read,
- * checksummed (the file's CRC-32, over the compressed bytes) and
- * decompressed, its pages written where the runs say.
+ * A compressed pages file streamed into the husk: block after block read,
+ * checksummed (the file's CRC-32, over the bytes on disk), decompressed when
+ * it is a frame, its pages written where the runs say.
  */
 class CompressedPageLoader {
   private readonly fd: number;
+  private readonly ix: BlockIndex;
   private crc = 0;
-  private fileOff = 0;
-  private frame = 0;
+  private b = 0;
   private readonly block: Buffer;
-  private raw = Buffer.allocUnsafe(0);
-  private blockLen = 0;
-  private blockPos = 0;
+  private readonly raw = { buf: Buffer.allocUnsafe(0) };
+  private cur: Buffer = Buffer.alloc(0);
+  private curLen = 0;
+  private pos = 0;
 
   constructor(
     private readonly path: string,
     private readonly pid: number,
-    private readonly c: { blockPages: number; blocks: number[] },
+    c: { blocks: [number, number][] },
   ) {
     this.fd = openSync(path, 'r');
-    this.block = Buffer.allocUnsafe(c.blockPages * PAGE_SIZE);
+    this.ix = blockIndex(c.blocks);
+    const most = Math.max(1, ...c.blocks.map(([p]) => p));
+    this.block = Buffer.allocUnsafe(most * PAGE_SIZE);
   }
 
-  private nextFrame(): void {
-    const size = this.c.blocks[this.frame];
-    if (size === undefined) throw new CrestError('IMAGE_TRUNCATED', `compressed pages file ${this.path} has fewer frames than its runs need`);
-    if (this.raw.length < size) this.raw = Buffer.allocUnsafe(size);
-    let got = 0;
-    while (got < size) {
-      const n = readSync(this.fd, this.raw, got, size - got, this.fileOff + got);
-      if (n <= 0) throw new CrestError('IMAGE_TRUNCATED', `compressed pages file ${this.path} ended early at offset ${this.fileOff + got}`);
-      got += n;
-    }
-    this.crc = crc32(this.raw.subarray(0, size), this.crc);
-    try {
-      this.blockLen = native().zstdDecompress(this.raw, 0, size, this.block, 0, this.block.length);
-    } catch (e) {
-      throw new CrestError('IMAGE_CHECKSUM', `compressed pages file ${this.path}: frame ${this.frame} does not decompress (${(e as Error).message}); the image is damaged`, { cause: e });
-    }
-    this.fileOff += size;
-    this.frame++;
-    this.blockPos = 0;
+  private next(): void {
+    if (this.b >= this.ix.blocks.length) throw new CrestError('IMAGE_TRUNCATED', `compressed pages file ${this.path} has fewer blocks than its runs need`);
+    const [buf, onDisk] = readBlock(this.fd, this.ix, this.b, this.block, this.raw, `compressed pages file ${this.path}`);
+    this.crc = crc32(onDisk, this.crc);
+    this.cur = buf;
+    this.curLen = this.ix.blocks[this.b]![0] * PAGE_SIZE;
+    this.pos = 0;
+    this.b++;
   }
 
   async load(addr: number, len: number): Promise<void> {
     let done = 0;
     while (done < len) {
-      if (this.blockPos === this.blockLen) this.nextFrame();
-      const n = Math.min(len - done, this.blockLen - this.blockPos);
-      let w = 0;
-      while (w < n) {
-        const k = native().processVmWritev(this.pid, addr + done + w, this.block, this.blockPos + w, n - w);
-        if (k <= 0) throw new CrestError('RESTORE_MEMORY', `could not write the husk's memory at ${hexa(addr + done + w)}`);
-        w += k;
-      }
-      this.blockPos += n;
+      if (this.pos === this.curLen) this.next();
+      const n = Math.min(len - done, this.curLen - this.pos);
+      writeHusk(this.pid, addr + done, this.cur, this.pos, n);
+      this.pos += n;
       done += n;
     }
   }
@@ -718,8 +748,8 @@ class ParentPages {
 
   /** Per raw parent: a window of its pages file (pieces come in ascending offsets). */
   private readonly windows = new Map<number, ReadWindow>();
-  /** Per compressed parent: its frames' file offsets and the frame decompressed last. */
-  private readonly frames = new Map<number, { starts: number[]; sizes: number[]; blockBytes: number; cached: number; data: Buffer; raw: Buffer }>();
+  /** Per compressed parent: where its blocks are, and the block read last. */
+  private readonly frames = new Map<number, { ix: BlockIndex; cached: number; data: Buffer; plain: Buffer; raw: { buf: Buffer } }>();
 
   load(piece: PagePiece): void {
     const link = this.chain[piece.link]!;
@@ -746,45 +776,39 @@ class ParentPages {
   }
 
   /**
-   * From a compressed parent: the frames holding the piece, each decompressed
-   * once (pieces come in address order, and so do the frames).
+   * From a compressed parent: the blocks holding the piece, each read (and
+   * decompressed) once: pieces come in address order, and so do the blocks.
    */
-  private loadCompressed(piece: PagePiece, fd: number, c: { blockPages: number; blocks: number[] }, dir: string): void {
+  private loadCompressed(piece: PagePiece, fd: number, c: { blocks: [number, number][] }, dir: string): void {
     let f = this.frames.get(piece.link);
     if (!f) {
-      const starts: number[] = [];
-      let at = 0;
-      for (const n of c.blocks) {
-        starts.push(at);
-        at += n;
-      }
-      const blockBytes = c.blockPages * PAGE_SIZE;
-      f = { starts, sizes: c.blocks, blockBytes, cached: -1, data: Buffer.allocUnsafe(blockBytes), raw: Buffer.allocUnsafe(0) };
+      const ix = blockIndex(c.blocks);
+      const most = Math.max(1, ...c.blocks.map(([p]) => p));
+      f = { ix, cached: -1, data: Buffer.allocUnsafe(most * PAGE_SIZE), plain: Buffer.alloc(0), raw: { buf: Buffer.allocUnsafe(0) } };
       this.frames.set(piece.link, f);
     }
-    let off = piece.offset;
+    let page = piece.offset / PAGE_SIZE;
     let addr = piece.addr;
-    let left = piece.pages * PAGE_SIZE;
+    let left = piece.pages;
     while (left > 0) {
-      const b = Math.floor(off / f.blockBytes);
-      if (f.cached !== b) {
-        const size = f.sizes[b];
-        if (size === undefined) throw new CrestError('IMAGE_TRUNCATED', `compressed pages in ${dir} have no frame ${b}`);
-        if (f.raw.length < size) f.raw = Buffer.allocUnsafe(size);
-        if (readSync(fd, f.raw, 0, size, f.starts[b]!) !== size) throw new CrestError('IMAGE_TRUNCATED', `compressed pages in ${dir} end inside frame ${b}`);
-        native().zstdDecompress(f.raw, 0, size, f.data, 0, f.data.length);
-        f.cached = b;
+      // The block holding `page`: the last one starting at or before it.
+      let lo = 0;
+      let hi = f.ix.firstPage.length - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >> 1; // block indices: small integers
+        if (f.ix.firstPage[mid]! <= page) lo = mid;
+        else hi = mid - 1;
       }
-      const inBlock = off - b * f.blockBytes;
-      const n = Math.min(left, f.blockBytes - inBlock);
-      let w = 0;
-      while (w < n) {
-        const k = native().processVmWritev(this.huskPid, addr + w, f.data, inBlock + w, n - w);
-        if (k <= 0) throw new CrestError('RESTORE_MEMORY', `could not write the husk's memory at ${hexa(addr + w)}`);
-        w += k;
+      if (f.cached !== lo) {
+        f.plain = readBlock(fd, f.ix, lo, f.data, f.raw, `compressed pages in ${dir}`)[0];
+        f.cached = lo;
       }
-      off += n;
-      addr += n;
+      const inBlock = page - f.ix.firstPage[lo]!;
+      const n = Math.min(left, f.ix.blocks[lo]![0] - inBlock);
+      if (n <= 0) throw new CrestError('IMAGE_TRUNCATED', `compressed pages in ${dir} have no page ${page}`);
+      writeHusk(this.huskPid, addr, f.plain, inBlock * PAGE_SIZE, n * PAGE_SIZE);
+      page += n;
+      addr += n * PAGE_SIZE;
       left -= n;
     }
   }

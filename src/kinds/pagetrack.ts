@@ -143,14 +143,22 @@ class HashList {
   }
 }
 
-/** Blocks being compressed at once, on the libuv pool (the spare cores). */
-const COMPRESSORS = Math.max(1, Math.min(4, availableParallelism()));
+/** Blocks being compressed at once, on the libuv pool: the cores the copy itself does not use. */
+const COMPRESSORS = Math.max(1, Math.min(4, availableParallelism() - 1));
+/** Once the copy has waited this share of its time for compressions, the rest of the checkpoint is stored raw. */
+const MAX_WAIT_SHARE = 0.05;
+/** CREST_COMPRESS=always: compress every block, waiting for a compressor when all are busy (tests, and where space matters more than time). */
+const ALWAYS = (): boolean => process.env.CREST_COMPRESS === 'always';
 const BLOCK_BYTES = COMPRESS_BLOCK_PAGES * PAGE_SIZE;
+/** Output buffer of one compression: the worst case of zstd, in whole pages (O_DIRECT). */
+const OUT_BYTES = Math.ceil((BLOCK_BYTES + (BLOCK_BYTES >> 8) + 65536) / PAGE_SIZE) * PAGE_SIZE;
+
+const alignUp = (n: number): number => Math.ceil(n / PAGE_SIZE) * PAGE_SIZE;
 
 /**
  * `len` bytes of `src` as a zstd frame of raw (stored) blocks (RFC 8878):
- * what a compressed pages file holds where compressing would have slowed
- * the checkpoint down. Any zstd decoder reads it. Returns its size.
+ * any zstd decoder reads it. Returns its size. (Tests use it to check the
+ * decoder; crest stores incompressible blocks as plain pages.)
  */
 export function rawFrame(src: Buffer, len: number, out: Buffer): number {
   out.writeUInt32LE(0xfd2fb528, 0); // magic
@@ -161,8 +169,7 @@ export function rawFrame(src: Buffer, len: number, out: Buffer): number {
   const MAX_BLOCK = 128 * 1024;
   do {
     const n = Math.min(MAX_BLOCK, len - done);
-    const last = done + n >= len ? 1 : 0;
-    const header = last | (0 << 1) | (n << 3); // raw block
+    const header = (done + n >= len ? 1 : 0) | (n << 3); // raw block
     out[o] = header & 0xff;
     out[o + 1] = (header >>> 8) & 0xff;
     out[o + 2] = (header >>> 16) & 0xff;
@@ -173,88 +180,111 @@ export function rawFrame(src: Buffer, len: number, out: Buffer): number {
   return o;
 }
 
-interface Slot {
-  stage: Buffer;
-  out: Buffer;
-  /** Settles once this block's frame is written (the slot is free again). */
-  done: Promise<void> | null;
-}
-
 /**
- * Compressed pages: stored pages gathered into 1 MiB blocks, each one zstd
- * frame. A block is compressed on the libuv pool when a compressor is free;
- * when all are busy it is stored as a raw frame at once, so that compression
- * only ever uses spare CPU and never makes a checkpoint slower than writing
- * the pages raw. Frames are written in order.
+ * Compressed pages: the stored pages of each chunk read, in blocks of up to
+ * 256 pages, each either one zstd frame (padded to whole pages) or, where
+ * compressing it would slow the checkpoint, the plain pages. A block is
+ * compressed on the libuv pool, straight from the read buffer, when a
+ * compressor is free; otherwise it is written plain at once, from the read
+ * buffer, with O_DIRECT, exactly as an uncompressed checkpoint would. Blocks
+ * are written in order, so plain ones queue behind one being compressed:
+ * should the copy ever wait for compressions more than 5% of its time (a
+ * machine without spare CPU), the rest goes plain. Compressing thus never
+ * makes a checkpoint noticeably slower than writing it raw, and makes it
+ * smaller and faster wherever writing is the bottleneck.
  */
 class CompressedSink {
-  private readonly slots: Slot[];
-  private cur = 0;
-  private stageLen = 0;
-  private busy = 0;
   private chain: Promise<void> = Promise.resolve();
-  readonly blocks: number[] = [];
+  /** [pages, bytes of its zstd frame or 0 for plain pages], in file order. */
+  readonly blocks: [number, number][] = [];
+  private busy = 0;
+  private readonly always = ALWAYS();
+  private readonly free: Buffer[] = [];
+  private readonly waiters: ((b: Buffer) => void)[] = [];
+  private readonly t0 = performance.now();
+  private waitedMs = 0;
+  private giveUp = false;
   compressedBlocks = 0;
-  rawBlocks = 0;
+  plainBlocks = 0;
 
   constructor(private readonly out: DataFile) {
-    // Deep enough that blocks behind one being compressed never make the copy wait.
-    this.slots = Array.from({ length: 16 }, () => ({ stage: Buffer.allocUnsafe(BLOCK_BYTES), out: Buffer.allocUnsafe(BLOCK_BYTES + (BLOCK_BYTES >> 8) + 65536), done: null }));
+    for (let i = 0; i < COMPRESSORS + 2; i++) this.free.push(native().mmapBuffer(OUT_BYTES));
   }
 
-  async add(buf: Buffer, len: number): Promise<void> {
-    let off = 0;
-    while (off < len) {
-      const slot = this.slots[this.cur]!;
-      if (slot.done) {
-        await slot.done;
-        slot.done = null;
+  /** Counts time the writer sat idle waiting for a compression: the disk could have been writing then. */
+  noteWait(ms: number): void {
+    this.waitedMs += ms;
+    const elapsed = performance.now() - this.t0;
+    // Judged once the pipeline runs (the first frame always keeps the writer waiting a moment).
+    if (this.blocks.length >= 32 && elapsed > 100 && this.waitedMs > MAX_WAIT_SHARE * elapsed) this.giveUp = true;
+  }
+
+  private async takeOut(): Promise<Buffer> {
+    const b = this.free.pop();
+    if (b) return b;
+    return new Promise<Buffer>((resolve) => this.waiters.push(resolve));
+  }
+
+  private giveBack(b: Buffer): void {
+    const w = this.waiters.shift();
+    if (w) w(b);
+    else this.free.push(b);
+  }
+
+  /**
+   * Takes buf[0, len) (whole pages); resolves once its blocks are queued,
+   * to a promise that settles when buf may be reused (all written).
+   */
+  async addChunk(buf: Buffer, len: number): Promise<{ written: Promise<void> }> {
+    // Adjacent plain blocks go out in one write, as an uncompressed checkpoint's would.
+    let plainOff = 0;
+    let plainLen = 0;
+    const flushPlain = (): void => {
+      if (plainLen === 0) return;
+      const [o, n] = [plainOff, plainLen];
+      this.chain = this.chain.then(() => this.out.writeAsync(buf, o, n));
+      plainLen = 0;
+    };
+    for (let off = 0; off < len; off += BLOCK_BYTES) {
+      const n = Math.min(BLOCK_BYTES, len - off);
+      const entry: [number, number] = [n / PAGE_SIZE, 0];
+      this.blocks.push(entry);
+      const compress = this.always || (this.busy < COMPRESSORS && !this.giveUp);
+      if (!compress) {
+        this.plainBlocks++;
+        if (plainLen === 0) plainOff = off;
+        plainLen += n;
+      } else {
+        flushPlain();
+        if (this.always) while (this.busy >= COMPRESSORS) await new Promise((r) => setImmediate(r));
+        const outBuf = await this.takeOut();
+        this.busy++;
+        this.compressedBlocks++;
+        const frame = native()
+          .zstdCompressAsync(buf, off, n, outBuf, 0, outBuf.length, COMPRESS_LEVEL)
+          .finally(() => this.busy--);
+        frame.catch(() => undefined); // reported through the chain
+        this.chain = this.chain.then(async () => {
+          const t = performance.now();
+          const size = await frame;
+          this.noteWait(performance.now() - t);
+          entry[1] = size;
+          const padded = alignUp(size);
+          outBuf.fill(0, size, padded);
+          await this.out.writeAsync(outBuf, 0, padded);
+          this.giveBack(outBuf);
+        });
       }
-      const n = Math.min(len - off, BLOCK_BYTES - this.stageLen);
-      buf.copy(slot.stage, this.stageLen, off, off + n);
-      this.stageLen += n;
-      off += n;
-      if (this.stageLen === BLOCK_BYTES) this.submit();
     }
+    flushPlain();
+    const written = this.chain;
+    written.catch(() => undefined); // awaited by the copier and by finish()
+    return { written };
   }
 
-  private submit(): void {
-    const slot = this.slots[this.cur]!;
-    const len = this.stageLen;
-    let frame: Promise<number>;
-    if (this.busy < COMPRESSORS) {
-      this.busy++;
-      this.compressedBlocks++;
-      frame = native()
-        .zstdCompressAsync(slot.stage, 0, len, slot.out, 0, slot.out.length, COMPRESS_LEVEL)
-        .finally(() => this.busy--);
-    } else {
-      this.rawBlocks++;
-      frame = Promise.resolve(rawFrame(slot.stage, len, slot.out));
-    }
-    frame.catch(() => undefined); // reported through the chain
-    const index = this.blocks.length;
-    this.blocks.push(0);
-    this.chain = this.chain.then(async () => {
-      const n = await frame;
-      this.blocks[index] = n;
-      await this.out.writeAsync(slot.out, 0, n);
-    });
-    slot.done = this.chain;
-    this.chain.catch(() => undefined); // awaited by finish()
-    this.cur = (this.cur + 1) % this.slots.length;
-    this.stageLen = 0;
-  }
-
-  /** Submits what is left, waits for every frame to be written. */
-  async finish(): Promise<void> {
-    const slot = this.slots[this.cur]!;
-    if (this.stageLen > 0) {
-      if (slot.done) await slot.done;
-      slot.done = null;
-      this.submit();
-    }
-    await this.chain;
+  /** Waits for every block to be written. */
+  finish(): Promise<void> {
+    return this.chain;
   }
 }
 
@@ -269,6 +299,9 @@ class CompressedSink {
 export class HashingCopier {
   private pending: Promise<void> = Promise.resolve();
   private which = 0;
+  /** Read buffers in turn; each may be reused once its pages are written (and compressed). */
+  private readonly ring: Buffer[];
+  private readonly released: Promise<void>[];
   private readonly views: Buffer[][];
   private readonly hashes = new HashList();
   private parent: ParentProcess | null;
@@ -288,7 +321,10 @@ export class HashingCopier {
   ) {
     this.parent = tracker.parent?.byPid.get(nsPid) ?? null;
     this.sink = tracker.compress ? new CompressedSink(out) : null;
-    this.views = bufs.map((b) => Array.from({ length: b.length / PAGE_SIZE }, (_, i) => b.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)));
+    // Compressing reads from the read buffers while the next chunks are read: more of them.
+    this.ring = this.sink ? [...bufs, ...Array.from({ length: 2 }, () => native().mmapBuffer(bufs[0].length))] : [...bufs];
+    this.released = this.ring.map(() => Promise.resolve());
+    this.views = this.ring.map((b) => Array.from({ length: b.length / PAGE_SIZE }, (_, i) => b.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)));
   }
 
   /** The parent's hash of absolute page `p`, or undefined when the parent does not have it. */
@@ -308,9 +344,11 @@ export class HashingCopier {
       let page = first;
       let left = count;
       while (left > 0) {
-        const buf = this.bufs[this.which]!;
+        const buf = this.ring[this.which]!;
         const views = this.views[this.which]!;
         const n = Math.min(left, views.length);
+        // This buffer's pages from the last round must be written (and compressed) first.
+        await this.released[this.which];
         this.read(start + page * PAGE_SIZE, buf, n * PAGE_SIZE);
         let kept = 0;
         for (let i = 0; i < n; i++) {
@@ -332,12 +370,14 @@ export class HashingCopier {
           runs.add(idx);
         }
         if (kept > 0 && this.sink) {
-          await this.sink.add(buf, kept * PAGE_SIZE);
+          this.released[this.which] = (await this.sink.addChunk(buf, kept * PAGE_SIZE)).written;
+          this.which = (this.which + 1) % this.ring.length;
           this.storedPages += kept;
         } else if (kept > 0) {
           await this.pending;
           this.pending = this.out.writeAsync(buf, 0, kept * PAGE_SIZE);
-          this.which ^= 1;
+          this.released[this.which] = this.pending;
+          this.which = (this.which + 1) % this.ring.length;
           this.storedPages += kept;
         }
         progressSink()?.add(n * PAGE_SIZE);
@@ -372,9 +412,9 @@ export class HashingCopier {
     await this.pending;
   }
 
-  /** Frames of the compressed pages file, for the manifest; undefined when not compressing. */
-  compression(): { codec: 'zstd'; blockPages: number; blocks: number[] } | undefined {
-    return this.sink ? { codec: 'zstd', blockPages: COMPRESS_BLOCK_PAGES, blocks: this.sink.blocks } : undefined;
+  /** Blocks of the compressed pages file, for the manifest; undefined when not compressing. */
+  compression(): { codec: 'zstd'; blocks: [number, number][] } | undefined {
+    return this.sink ? { codec: 'zstd', blocks: this.sink.blocks } : undefined;
   }
 
   /** Writes hashes-PID.img; returns its name. */
