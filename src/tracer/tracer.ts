@@ -2,7 +2,7 @@
 // that task" (injection). Everything that touches a stopped task goes through
 // here, on the main thread (ptrace requests are only accepted from the thread
 // that attached, so nothing here may run on the libuv pool).
-import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { native } from '../sys/native.js';
 import { CrestError, SyscallError, errnoName } from '../sys/errors.js';
 import { NT, PTRACE_EVENT_CLONE, PTRACE_EVENT_STOP, SIG, WNOHANG, __WALL } from '../sys/constants.js';
@@ -144,7 +144,7 @@ export class Thread {
     } catch (e) {
       try {
         // Re-deliver what we took out of the way, then let go.
-        for (const si of caught) n.tgkill(tid, tid, si.readInt32LE(0));
+        for (const si of caught) n.tgkill(tgidOf(tid), tid, si.readInt32LE(0));
         n.ptraceDetach(tid, 0);
       } catch {
         /* the task may be gone */
@@ -325,7 +325,7 @@ export class Thread {
     const n = native();
     for (const si of this.caughtSignals) {
       try {
-        n.tgkill(this.tid, this.tid, si.readInt32LE(0));
+        n.tgkill(tgidOf(this.tid), this.tid, si.readInt32LE(0));
       } catch {
         /* gone */
       }
@@ -383,6 +383,16 @@ export function describeStatus(st: WaitStatus): string {
       return `killed by signal ${st.signal}`;
     case 'stopped':
       return `stopped by signal ${st.signal}`;
+  }
+}
+
+/** The thread group (process) a thread belongs to: tgkill needs it, and it differs from the tid but for the main thread. */
+export function tgidOf(tid: number): number {
+  try {
+    const m = /^Tgid:\s*(\d+)/m.exec(readFileSync(`/proc/${tid}/status`, 'utf8'));
+    return m ? Number(m[1]) : tid;
+  } catch {
+    return tid;
   }
 }
 
