@@ -12,7 +12,7 @@ import { CrestError, SyscallError, errnoName } from '../sys/errors.js';
 import { type Native, native } from '../sys/native.js';
 import { CAP_CHECKPOINT_RESTORE, CHECKED_CAPS, type FileCaps, capNames, decodeFileCaps, hasCap, hex64 } from './caps.js';
 import { allocLocated, probePagemap, probeSoftDirty, type LocatedBuffer } from './memprobe.js';
-import { probeFdKinds } from '../kinds/fds/probe.js';
+import { probeFdKinds, probeMemoryKinds } from '../kinds/fds/probe.js';
 
 /** A JSON value (the report holds no bigint, no undefined inside arrays). */
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [k: string]: JsonValue | undefined };
@@ -541,6 +541,10 @@ function probeFds(ctx: Ctx): void {
   }
   for (const r of probeFdKinds({ timeoutMs: ctx.opts.stopTimeoutMs })) {
     add(ctx, { id: `fd-${r.kind}`, title: `fd kind: ${r.kind}`, ok: r.ok, detail: r.detail });
+  }
+  // Memory shared beyond one mapping (memfds, shared anonymous memory between processes, deleted files).
+  for (const r of probeMemoryKinds({ timeoutMs: ctx.opts.stopTimeoutMs })) {
+    add(ctx, { id: `memory-${r.kind}`, title: `memory kind: ${r.kind}`, ok: r.ok, detail: r.detail });
   }
 }
 

@@ -41,6 +41,18 @@ export const FileIdentitySchema = v.strictObject({
   mtimeMs: v.number(),
 });
 
+/** What identifies a shared object across the processes of an image, and how to make it again. */
+export const SharedObjectSchema = v.strictObject({
+  /** Inode at the checkpoint: the object's identity within the image. */
+  ino: u,
+  /** Bytes the object has at least (it is made this big at restore). */
+  size: u,
+  /** memfd: its name (without "memfd:"). */
+  name: v.optional(v.string()),
+  /** deleted: the absolute path it had. */
+  path: v.optional(v.pipe(v.string(), v.startsWith('/'))),
+});
+
 /** Runs of stored pages of one mapping: [first page index within the mapping, page count]. */
 const PageRunSchema = v.tuple([u, v.pipe(u, v.minValue(1))]);
 
@@ -56,12 +68,23 @@ export const VmaSchema = v.strictObject({
    * anon: private anonymous (heap, stack, arenas, guard pages);
    * shmem-anon: MAP_SHARED|MAP_ANONYMOUS;
    * file: a file (private or shared, see `shared`);
+   * memfd: a memfd (private or shared);
+   * deleted: a file deleted while mapped (a shared mapping comes back on an
+   * unnamed file in its directory, a private one as anonymous memory);
    * vdso / vvar / vvar_vclock: the kernel's special mappings (moved, never stored).
    */
-  kind: v.picklist(['anon', 'shmem-anon', 'file', 'vdso', 'vvar', 'vvar_vclock']),
-  /** Offset into the file in bytes (file mappings only; 0 otherwise). */
+  kind: v.picklist(['anon', 'shmem-anon', 'file', 'memfd', 'deleted', 'vdso', 'vvar', 'vvar_vclock']),
+  /** Offset into the file or object in bytes (file, memfd, deleted, shmem-anon with `object`; 0 otherwise). */
   pgoff: u,
   file: v.optional(FileIdentitySchema),
+  /**
+   * The object behind a mapping that shares its pages beyond itself: a memfd,
+   * a file deleted while mapped (shared), shared anonymous memory that other
+   * processes of the image map too. Mappings (and memfd/deleted open files)
+   * with the same object are one object again at restore; each page of it is
+   * stored once, by the first process of the image that maps it.
+   */
+  object: v.optional(SharedObjectSchema),
   /** maps' name column when it is a bracketed label ([heap], [stack]). */
   label: v.optional(v.string()),
   /** smaps VmFlags, two letters each (gd = grows down, dd = dont-dump, ...). */
@@ -510,6 +533,7 @@ export type Manifest = v.InferOutput<typeof ManifestSchema>;
 export type ProcessImage = v.InferOutput<typeof ProcessSchema>;
 export type ThreadImage = v.InferOutput<typeof ThreadSchema>;
 export type VmaImage = v.InferOutput<typeof VmaSchema>;
+export type SharedObjectImage = v.InferOutput<typeof SharedObjectSchema>;
 export type OpenFileImage = v.InferOutput<typeof OpenFileSchema>;
 export type FdImage = v.InferOutput<typeof FdSchema>;
 export type TerminalImage = v.InferOutput<typeof TerminalSchema>;

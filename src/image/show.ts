@@ -200,6 +200,10 @@ function describeFile(f: OpenFileImage | undefined): string {
 
 function vmaName(vma: VmaImage): string {
   if (vma.file) return vma.pgoff ? `${vma.file.path} @0x${vma.pgoff.toString(16)}` : vma.file.path;
+  const at = vma.pgoff ? ` @0x${vma.pgoff.toString(16)}` : '';
+  if (vma.kind === 'memfd') return `memfd:${vma.object?.name ?? '?'}${at}  (object ${vma.object?.ino})`;
+  if (vma.kind === 'deleted') return `${vma.object?.path ?? ''} (deleted)${at}${vma.object ? `  (object ${vma.object.ino})` : '  (restored as anonymous memory)'}`;
+  if (vma.object) return `${vma.label ?? ''}${at}  (shared object ${vma.object.ino})`.trim();
   return vma.label ?? '';
 }
 

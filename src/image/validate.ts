@@ -105,6 +105,12 @@ export function checkSemantics(m: Manifest, limit = 5): string[] {
       if (vma.kind === 'file' && vma.file === undefined) {
         if (add(`${vp}.file`, 'a file mapping must record its file')) return problems;
       }
+      if ((vma.kind === 'memfd' || (vma.kind === 'deleted' && vma.shared)) && vma.object === undefined) {
+        if (add(`${vp}.object`, `a ${vma.shared ? 'shared ' : ''}${vma.kind} mapping must record its object`)) return problems;
+      }
+      if (vma.object && (vma.kind === 'memfd' ? vma.object.name === undefined : vma.kind === 'deleted' ? vma.object.path === undefined : vma.kind !== 'shmem-anon')) {
+        if (add(`${vp}.object`, `the object of a ${vma.kind} mapping lacks what makes it again (memfd: name, deleted: path; only those and shmem-anon have one)`)) return problems;
+      }
       if (UNSTORED_KINDS.has(vma.kind) && vma.runs.length > 0) {
         if (add(`${vp}.runs`, `a ${vma.kind} mapping is never stored, but has ${vma.runs.length} runs`)) return problems;
         continue;

@@ -3,9 +3,11 @@
 // and pages of private file mappings that were written). Restore maps each
 // area at its address and reads the stored pages straight from the image into
 // the husk (an injected pread64: one kernel copy, no trip through crest).
-import { closeSync, constants as fsConstants, openSync, read as fsRead, readFileSync, readSync } from 'node:fs';
+// Memory shared beyond one mapping (memfds, deleted files, shared anonymous
+// memory between processes) is one object again at restore: ./memshare.ts.
+import { accessSync, closeSync, constants as fsConstants, openSync, read as fsRead, readFileSync, readSync, statSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { readMaps, readSmaps, type SmapsEntry } from '../proc/index.js';
 import { native } from '../sys/native.js';
 import type { DataFile } from '../image/writer.js';
@@ -17,6 +19,7 @@ import { HashingCopier } from './pagetrack.js';
 import { progressSink } from '../progress.js';
 import { chainOf, pagePieces, type ChainLink, type PagePiece } from '../image/chain.js';
 import { unsupported, type DumpContext, type Kind, type RestoreContext } from './types.js';
+import { collectResidency, objectFd, objectOf, preflightObject, sharedCandidates } from './memshare.js';
 
 type VmaKind = VmaImage['kind'];
 const SPECIAL: ReadonlySet<string> = new Set(['vdso', 'vvar', 'vvar_vclock']);
@@ -32,9 +35,24 @@ function classify(e: SmapsEntry): VmaKind | 'skip' | { why: string } {
   if (e.shared && e.deleted && e.path === '/dev/zero') return 'shmem-anon';
   if (e.path.startsWith('[')) return { why: `special mapping ${e.path} is not supported` };
   if (e.path.startsWith('/SYSV')) return { why: 'SysV shared memory is not supported yet' };
-  if (e.path.startsWith('/memfd:')) return { why: 'memfd mappings are not supported yet' };
-  if (e.deleted) return { why: `mapped file ${e.path} was deleted (not supported yet)` };
+  if ((e.sizes.KernelPageSize ?? 4) > 4) return { why: `${e.path} lives in huge pages (hugetlbfs), which is not supported yet` };
+  if (e.path.startsWith('/memfd:')) return 'memfd';
+  if (e.deleted) {
+    // A shared mapping comes back on an unnamed file in the same directory; a private one as anonymous memory.
+    if (e.shared && !writableDir(dirname(e.path))) return { why: `mapped file ${e.path} was deleted, and its directory is gone or not writable, so it could not be made again there` };
+    return 'deleted';
+  }
   return 'file';
+}
+
+function writableDir(dir: string): boolean {
+  try {
+    if (!statSync(dir).isDirectory()) return false;
+    accessSync(dir, fsConstants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function protOf(s: string): number {
@@ -50,6 +68,10 @@ export const memory: Kind = {
       const k = classify(e);
       if (typeof k === 'object') throw unsupported(ctx.hostPid, `mapping ${hexa(e.start)}-${hexa(e.end)}`, k.why);
     }
+  },
+  dumpInjected(ctx) {
+    // Pages of shared memory objects in memory but not mapped here (mincore): asked from inside the process.
+    collectResidency(ctx);
   },
   dump(ctx) {
     return dumpMemory(ctx);
@@ -92,6 +114,13 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
         vmFlags: e.vmFlags,
         runs: [],
       };
+      const obj = objectOf(ctx, e, kind);
+      if (obj) {
+        vma.object = obj.image;
+        vma.pgoff = e.offset;
+      } else if (kind === 'memfd') {
+        vma.pgoff = e.offset;
+      }
       if (e.path.startsWith('[')) vma.label = e.path;
       if (kind === 'file') {
         const id = fileIdentity(e.path);
@@ -101,9 +130,11 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
         vma.file = id;
       }
       if (!SPECIAL.has(kind) && !(kind === 'file' && e.shared)) {
-        const candidates = selectPages(pagemapFd, pmBuf, e.start, e.end, kind === 'file');
+        let candidates = selectPages(pagemapFd, pmBuf, e.start, e.end, kind === 'file');
+        if (kind === 'shmem-anon' || kind === 'memfd' || kind === 'deleted') candidates = sharedCandidates(ctx, e, kind, obj, candidates);
         if (hasher) {
-          const r = await hasher.copy(e.start, candidates, kind !== 'file');
+          // A zero page may be left out wherever the restored page reads zero without it: not over a memfd's private mapping.
+          const r = await hasher.copy(e.start, candidates, kind !== 'file' && !(kind === 'memfd' && !e.shared));
           vma.runs = r.runs;
           if (r.inherited.length > 0) vma.inherited = r.inherited;
         } else {
@@ -240,6 +271,7 @@ const MAX_IO = 1024 * 1024 * 1024;
 export function preflightMemory(proc: RestoreContext['proc'], ownVdso: Map<string, number>): void {
   for (const v of proc.vmas) {
     if (v.kind === 'file' && v.file) verifyFile(v.file, 'mapped file');
+    preflightObject(v);
     if (SPECIAL.has(v.kind)) {
       const size = ownVdso.get(v.kind);
       if (size !== v.end - v.start) {
@@ -357,12 +389,20 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
       const len = v.end - v.start;
       const prot = protOf(v.prot);
       const stored = v.runs.length > 0 || (v.inherited?.length ?? 0) > 0;
-      const mapProt = stored ? prot | PROT.WRITE | PROT.READ : prot;
+      let mapProt = stored ? prot | PROT.WRITE | PROT.READ : prot;
       let flags = MAP.FIXED | (v.shared ? MAP.SHARED : MAP.PRIVATE);
       if (v.vmFlags.includes('gd')) flags |= MAP.GROWSDOWN;
       if (v.vmFlags.includes('nr')) flags |= MAP.NORESERVE;
       let fd = -1;
-      if (v.kind === 'file') {
+      let offset = v.kind === 'file' ? v.pgoff : 0;
+      // An object an fd kind filled whole already (an earlier process's memfd): its pages are there.
+      let filled = false;
+      if (v.object) {
+        const o = objectFd(ctx, v);
+        fd = o.fd;
+        offset = v.pgoff;
+        filled = v.shared && ctx.objects.filled(o.key);
+      } else if (v.kind === 'file') {
         const f = v.file!;
         const rw = v.shared && (v.prot[1] === 'w' || v.vmFlags.includes('mw'));
         const key = `${f.path}\0${rw ? 'rw' : 'r'}`;
@@ -374,10 +414,11 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
       } else {
         flags |= MAP.ANONYMOUS;
       }
-      const got = t.syscall('mmap', `map ${hexa(v.start)}-${hexa(v.end)}`, SYS.mmap, v.start, len, mapProt, flags, fd, v.kind === 'file' ? v.pgoff : 0);
+      if (filled) mapProt = prot;
+      const got = t.syscall('mmap', `map ${hexa(v.start)}-${hexa(v.end)}`, SYS.mmap, v.start, len, mapProt, flags, fd, offset);
       if (Number(got) !== v.start) throw new CrestError('RESTORE_MMAP', `mmap placed ${hexa(v.start)} at ${hexa(Number(got))}`);
       // Stored and inherited runs alternate: populate each stretch of adjacent runs with one call.
-      for (const [first, count] of mergeRuns([...v.runs, ...(v.inherited ?? [])])) {
+      for (const [first, count] of filled ? [] : mergeRuns([...v.runs, ...(v.inherited ?? [])])) {
         const addr = v.start + first * PAGE_SIZE;
         const n = count * PAGE_SIZE;
         // Populate in bulk first: first-touch faults page by page cost ~20x more.
@@ -388,14 +429,14 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
       }
       if (v.inherited === undefined) {
         for (const [first, count] of v.runs) {
-          await loader.load(v.start + first * PAGE_SIZE, count * PAGE_SIZE);
+          await loader.load(v.start + first * PAGE_SIZE, count * PAGE_SIZE, filled);
           bar?.add(count * PAGE_SIZE);
         }
       } else {
         // Own pages in pages-file order (streamed), inherited ones read from the parent that stores them.
         for (const piece of pagePieces(chain, ctx.proc.pid, v)) {
-          if (piece.link === 0) await loader.load(piece.addr, piece.pages * PAGE_SIZE);
-          else parents.load(piece);
+          if (piece.link === 0) await loader.load(piece.addr, piece.pages * PAGE_SIZE, filled);
+          else if (!filled) parents.load(piece);
           bar?.add(piece.pages * PAGE_SIZE);
         }
       }
@@ -472,8 +513,8 @@ class PageLoader {
     });
   }
 
-  /** Fills [addr, addr+len) of the husk with the next `len` bytes of the file. */
-  async load(addr: number, len: number): Promise<void> {
+  /** Fills [addr, addr+len) of the husk with the next `len` bytes of the file (only checksums them when `skip`). */
+  async load(addr: number, len: number, skip = false): Promise<void> {
     const bufs = buffers();
     let done = 0;
     while (done < len) {
@@ -497,7 +538,7 @@ class PageLoader {
         this.ahead.catch(() => 0);
       }
       this.crc = crc32(buf.subarray(0, n), this.crc);
-      let w = 0;
+      let w = skip ? n : 0;
       while (w < n) {
         const k = native().processVmWritev(this.pid, addr + done + w, buf, w, n - w);
         if (k <= 0) throw new CrestError('RESTORE_MEMORY', `could not write the husk's memory at ${hexa(addr + done + w)}`);
@@ -603,12 +644,12 @@ class WindowPageLoader {
     this.win = new ReadWindow(this.fd, `pages file ${path}`, true);
   }
 
-  async load(addr: number, len: number): Promise<void> {
+  async load(addr: number, len: number, skip = false): Promise<void> {
     let done = 0;
     while (done < len) {
       const n = Math.min(IO_CHUNK, len - done);
       const [buf, at] = this.win.get(this.off, n);
-      writeHusk(this.pid, addr + done, buf, at, n);
+      if (!skip) writeHusk(this.pid, addr + done, buf, at, n);
       this.off += n;
       done += n;
     }
@@ -708,12 +749,12 @@ class CompressedPageLoader {
     this.b++;
   }
 
-  async load(addr: number, len: number): Promise<void> {
+  async load(addr: number, len: number, skip = false): Promise<void> {
     let done = 0;
     while (done < len) {
       if (this.pos === this.curLen) this.next();
       const n = Math.min(len - done, this.curLen - this.pos);
-      writeHusk(this.pid, addr + done, this.cur, this.pos, n);
+      if (!skip) writeHusk(this.pid, addr + done, this.cur, this.pos, n);
       this.pos += n;
       done += n;
     }

@@ -7,6 +7,7 @@ import type { Manifest, ProcessImage, ThreadImage } from '../image/schema.js';
 import type { ImageWriter } from '../image/writer.js';
 import type { PageTracking } from './pagetrack.js';
 import { CrestError } from '../sys/errors.js';
+import type { SharedObjects } from './objects.js';
 
 /** What a kind sees while a process is being dumped. */
 export interface DumpContext {
@@ -58,6 +59,8 @@ export interface RestoreContext {
   /** Allocates bytes in the scratch area. */
   mem: ScratchAllocator;
   warnings: string[];
+  /** Objects the processes of the tree share (memfds, deleted files, shared anonymous memory): one per restore. */
+  objects: SharedObjects;
 }
 
 /** One kind of resource: how it is refused, captured and rebuilt. */

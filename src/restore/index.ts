@@ -15,6 +15,7 @@ import { checkRestoredLayout, findFree, mapImageMemory, preflightMemory, replace
 import { preflightFiles } from '../kinds/files.js';
 import { verifyFile } from '../kinds/fileid.js';
 import { kind } from '../kinds/registry.js';
+import { SharedObjects } from '../kinds/objects.js';
 import { checkXfeatures } from '../kinds/registers.js';
 import { readMaps } from '../proc/index.js';
 import { Helper, type HelperExit } from '../jobs/supervise.js';
@@ -91,11 +92,17 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     initPid = husks.initPid;
     // Read now: a restored job may finish (and its init with it) right after it resumes.
     const initStart = readStat(initPid).starttime;
+    const objects = new SharedObjects();
+    const finish: (() => void)[] = [];
     for (const proc of manifest.processes) {
       const huskPid = husks.pids.get(proc.pid);
       if (huskPid === undefined) throw new CrestError('HELPER_FAILED', `the helper did not report a husk for pid ${proc.pid}`);
-      await restoreProcess(runner, manifest, proc, opts.dir, huskPid, held, warnings);
+      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, huskPid, held, warnings, objects));
     }
+    // Registers go in only once every process is built: until then a husk
+    // may still hand an object it made (a memfd ...) to a later one, and
+    // each closes its copies of them from its scratch area, still mapped.
+    for (const f of finish) f();
     // Everything is in place: let every thread of every process go.
     runner.run('resume', () => {
       for (const th of held) th.detach();
@@ -145,7 +152,8 @@ async function restoreProcess(
   huskPid: number,
   held: Thread[],
   warnings: string[],
-): Promise<void> {
+  objects: SharedObjects,
+): Promise<() => void> {
   const tag = manifest.processes.length > 1 ? `:${proc.pid}` : '';
   const t = runner.run(`seize${tag}`, () => Thread.seize(huskPid, { exitKill: true, traceClone: true }));
   held.push(t);
@@ -159,6 +167,7 @@ async function restoreProcess(
     scratchSize: SCRATCH_SIZE,
     mem: null as unknown as ScratchAllocator,
     warnings,
+    objects,
   };
   runner.run(`prepare${tag}`, () => prepareHusk(ctx));
   // Order matters, and each step says why it comes where it does:
@@ -193,12 +202,14 @@ async function restoreProcess(
     for (const img of proc.threads) kind('creds').restoreThread!(ctx, threads.get(img.tid)!, img);
   });
   runner.run(`verify${tag}`, () => checkRestoredLayout(ctx));
-  runner.run(`registers${tag}`, () => {
-    // The scratch area goes last, from inside itself: the single-step stop
-    // comes before the next (now unmapped) instruction would run.
-    t.syscall('munmap', 'unmap the scratch area', SYS.munmap, ctx.scratch, SCRATCH_SIZE);
-    for (const img of proc.threads) kind('registers').restoreThread!(ctx, threads.get(img.tid)!, img);
-  });
+  return () =>
+    runner.run(`registers${tag}`, () => {
+      objects.release(ctx);
+      // The scratch area goes last, from inside itself: the single-step stop
+      // comes before the next (now unmapped) instruction would run.
+      t.syscall('munmap', 'unmap the scratch area', SYS.munmap, ctx.scratch, SCRATCH_SIZE);
+      for (const img of proc.threads) kind('registers').restoreThread!(ctx, threads.get(img.tid)!, img);
+    });
 }
 
 /** CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM */

@@ -4,7 +4,8 @@
 // in, when that directory still exists and is writable (checked at the
 // checkpoint already), and reopens each description through /proc/self/fd.
 // It is a new inode with the same bytes; /proc/self/fd shows it as
-// "/dir/#<inode> (deleted)" rather than under its old name.
+// "/dir/#<inode> (deleted)" rather than under its old name. It is one object
+// for the whole restored tree and for its shared mappings (kinds/objects.ts).
 // Refused: a file that still has other links (its other names are unknown),
 // a directory deleted while open.
 import { accessSync, constants, statSync } from 'node:fs';
@@ -16,6 +17,7 @@ import { call, raw } from './inject.js';
 import { fillContents, reopen, saveContents } from './contents.js';
 import { locksOf } from './locks.js';
 import { refuseFd, type FdKind, type FdProbe, type ImageOf } from './types.js';
+import { deletedKey } from '../objects.js';
 
 type DeletedImage = ImageOf<'deleted'>;
 const SUFFIX = ' (deleted)';
@@ -74,15 +76,23 @@ export const deleted: FdKind<'deleted'> = {
     const what = `deleted file ${f.path}`;
     let base = ctx.shared.get(key) as number | undefined;
     if (base === undefined) {
-      const dir = dirname(f.path);
-      const r = raw(ctx, NR.openat, -100, ctx.mem.str(dir), O_TMPFILE | O.RDWR | O.CLOEXEC, f.mode);
-      if (r < 0) throw new CrestError('RESTORE_FILE', `cannot recreate ${what} as an unnamed file in ${dir} (O_TMPFILE: errno ${-r})`);
-      base = ctx.keep(r, what);
+      // Made already by a shared mapping of it, or by another process of the tree: the same object.
+      const okey = deletedKey(f.inode, f.path);
+      base = ctx.objects.get(ctx, okey);
+      if (base === undefined) {
+        const dir = dirname(f.path);
+        const r = raw(ctx, NR.openat, -100, ctx.mem.str(dir), O_TMPFILE | O.RDWR | O.CLOEXEC, f.mode);
+        if (r < 0) throw new CrestError('RESTORE_FILE', `cannot recreate ${what} as an unnamed file in ${dir} (O_TMPFILE: errno ${-r})`);
+        base = ctx.objects.put(ctx, okey, r);
+      }
       ctx.shared.set(key, base);
-      const withData = ctx.files.find((x): x is DeletedImage => x.kind === 'deleted' && x.inode === f.inode && x.data !== undefined);
-      fillContents(ctx, base, withData?.data, f.size, what);
-      // open(2) applied the umask: put the exact mode.
-      call(ctx, 'fchmod', `give ${what} mode ${f.mode.toString(8)}`, NR.fchmod, base, f.mode);
+      if (!ctx.objects.filled(okey)) {
+        const withData = ctx.files.find((x): x is DeletedImage => x.kind === 'deleted' && x.inode === f.inode && x.data !== undefined);
+        fillContents(ctx, base, withData?.data, f.size, what);
+        // open(2) applied the umask: put the exact mode.
+        call(ctx, 'fchmod', `give ${what} mode ${f.mode.toString(8)}`, NR.fchmod, base, f.mode);
+        ctx.objects.markFilled(okey);
+      }
     }
     ctx.mem.reset();
     return reopen(ctx, base, f.flags, f.pos, what);

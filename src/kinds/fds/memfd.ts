@@ -2,14 +2,16 @@
 // description's flags and offset. The contents go into the image's data
 // file; restore makes a new memfd of that name, writes them back, and adds
 // the seals once every description is open (F_SEAL_WRITE would forbid opening
-// a writable one). Mappings of a memfd are the memory kind's business (it
-// refuses them); hugetlb memfds are refused.
+// a writable one). A memfd is one object for the whole restored tree and for
+// its mappings (the memory kind maps the same one: kinds/objects.ts), made
+// and filled once; hugetlb memfds are refused.
 import { O } from '../../sys/constants.js';
 import { CrestError } from '../../sys/errors.js';
 import { FCNTL, MFD_ALLOW_SEALING, MFD_CLOEXEC, NR } from './abi.js';
 import { call } from './inject.js';
 import { fillContents, reopen, saveContents } from './contents.js';
 import { refuseFd, type FdKind, type FdProbe, type ImageOf } from './types.js';
+import { memfdKey } from '../objects.js';
 
 type MemfdImage = ImageOf<'memfd'>;
 const PREFIX = '/memfd:';
@@ -57,11 +59,19 @@ export const memfd: FdKind<'memfd'> = {
     const what = `memfd ${f.name}`;
     let base = ctx.shared.get(key) as number | undefined;
     if (base === undefined) {
-      base = ctx.keep(call(ctx, 'memfd_create', `create ${what}`, NR.memfd_create, ctx.mem.str(f.name), MFD_CLOEXEC | MFD_ALLOW_SEALING), what);
+      // Made already by a mapping of it, or by another process of the tree: the same object.
+      const okey = memfdKey(f.inode);
+      base = ctx.objects.get(ctx, okey);
+      if (base === undefined) {
+        base = ctx.objects.put(ctx, okey, call(ctx, 'memfd_create', `create ${what}`, NR.memfd_create, ctx.mem.str(f.name), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+      }
       ctx.shared.set(key, base);
-      const withData = ctx.files.find((x): x is MemfdImage => x.kind === 'memfd' && x.inode === f.inode && x.data !== undefined);
-      fillContents(ctx, base, withData?.data, f.size, what);
-      if ((f.mode & 0o7777) !== 0o777) call(ctx, 'fchmod', `give ${what} mode ${f.mode.toString(8)}`, NR.fchmod, base, f.mode);
+      if (!ctx.objects.filled(okey)) {
+        const withData = ctx.files.find((x): x is MemfdImage => x.kind === 'memfd' && x.inode === f.inode && x.data !== undefined);
+        fillContents(ctx, base, withData?.data, f.size, what);
+        if ((f.mode & 0o7777) !== 0o777) call(ctx, 'fchmod', `give ${what} mode ${f.mode.toString(8)}`, NR.fchmod, base, f.mode);
+        ctx.objects.markFilled(okey);
+      }
     }
     ctx.mem.reset();
     return reopen(ctx, base, f.flags, f.pos, what);
@@ -70,6 +80,10 @@ export const memfd: FdKind<'memfd'> = {
     // Seals last, once, on the first description of the memfd.
     const first = ctx.files.find((x) => x.kind === 'memfd' && x.inode === f.inode);
     if (first !== f || f.seals === 0) return;
-    call(ctx, 'fcntl', `seal memfd ${f.name} (0x${f.seals.toString(16)})`, NR.fcntl, fdOf(ctx.files.indexOf(f)), FCNTL.ADD_SEALS, f.seals);
+    // Another process of the tree may have sealed the same memfd already (and F_SEAL_SEAL forbids adding any more).
+    const fd = fdOf(ctx.files.indexOf(f));
+    const have = call(ctx, 'fcntl', `read the seals of memfd ${f.name}`, NR.fcntl, fd, FCNTL.GET_SEALS, 0);
+    if ((have & f.seals) === f.seals) return;
+    call(ctx, 'fcntl', `seal memfd ${f.name} (0x${f.seals.toString(16)})`, NR.fcntl, fd, FCNTL.ADD_SEALS, f.seals & ~have);
   },
 };

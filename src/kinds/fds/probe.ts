@@ -17,6 +17,7 @@ import {
 import { parseEpoll, parseEventfd, parseInotify, parseSignalfd, parseTimerfd } from './fdinfo.js';
 import { call, getsockoptInt, ioctlInt, raw, setsockoptSol, type Injector } from './inject.js';
 import { unixDiag } from './sockdiag.js';
+import { MEMORY_PROBES } from '../memshare.js';
 
 /** One fd kind's verdict: ok true (handled), false (refused here, and why), null (not tried). */
 export interface FdKindVerdict {
@@ -25,7 +26,7 @@ export interface FdKindVerdict {
   detail: string;
 }
 
-interface ProbeCtx extends Injector {
+export interface ProbeCtx extends Injector {
   pid: number;
 }
 
@@ -202,7 +203,17 @@ const PROBES: [string, (ij: ProbeCtx) => string][] = [
 
 /** Runs every fd kind's probe in a seized `sleep` child; never throws. */
 export function probeFdKinds(opts: { timeoutMs?: number } = {}): FdKindVerdict[] {
-  const notTried = (why: string): FdKindVerdict[] => PROBES.map(([kind]) => ({ kind, ok: null, detail: `not tried: ${why}` }));
+  return runProbes(PROBES, opts);
+}
+
+/** Runs every memory kind's probe (kinds/memshare.ts) the same way. */
+export function probeMemoryKinds(opts: { timeoutMs?: number } = {}): FdKindVerdict[] {
+  return runProbes(MEMORY_PROBES, opts);
+}
+
+/** Runs `probes` in a seized `sleep` child, through injected system calls; never throws. */
+function runProbes(probes: readonly [string, (ij: ProbeCtx) => string][], opts: { timeoutMs?: number }): FdKindVerdict[] {
+  const notTried = (why: string): FdKindVerdict[] => probes.map(([kind]) => ({ kind, ok: null, detail: `not tried: ${why}` }));
   const sleepBin = existsSync('/bin/sleep') ? '/bin/sleep' : 'sleep';
   const child = spawn(sleepBin, ['30'], { stdio: 'ignore' });
   child.on('error', () => {});
@@ -231,7 +242,7 @@ export function probeFdKinds(opts: { timeoutMs?: number } = {}): FdKindVerdict[]
     t.setSyscallSite(vdso.start + at);
     const scratch = Number(t.syscall('mmap', 'probe scratch', SYS.mmap, 0, SCRATCH, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0));
     const ij: ProbeCtx = { thread: t, mem: new ScratchAllocator(t, scratch, SCRATCH), scratch, scratchSize: SCRATCH, pid };
-    return PROBES.map(([kind, fn]) => {
+    return probes.map(([kind, fn]) => {
       ij.mem.reset();
       try {
         return { kind, ok: true, detail: fn(ij) };

@@ -1,0 +1,100 @@
+// Objects that several processes of a restored tree share, or that a
+// mapping and an open file share: a memfd, a file deleted while open or
+// mapped, shared anonymous memory. The first husk that needs one creates
+// it; every other husk takes the very same object from that one with
+// pidfd_getfd (the husks hold every capability in the job's user namespace,
+// which lets one take another's fd; outside a job, same-user processes may
+// too). Each husk keeps its copy at an fd above every fd the process will
+// have, so the files stage neither reuses nor closes it, until the whole tree
+// is built: then release() closes them all, before any process runs.
+import { CrestError } from '../sys/errors.js';
+import { O, SYS } from '../sys/constants.js';
+import type { RestoreContext } from './types.js';
+
+const NR_pidfd_open = 434;
+const NR_pidfd_getfd = 438;
+const F_DUPFD_CLOEXEC = 1030;
+
+/** The key of a memfd (all of them live in one kernel-internal file system: the inode says which). */
+export const memfdKey = (ino: number): string => `memfd:${ino}`;
+/** The key of shared anonymous memory (same internal file system as memfds). */
+export const shmemKey = (ino: number): string => `shmem:${ino}`;
+/** The key of a file deleted while open or mapped: its inode and the name it had. */
+export const deletedKey = (ino: number, path: string): string => `deleted:${ino}:${path}`;
+
+interface Made {
+  /** The husk that made it, by its pid in the job (the image's). */
+  pid: number;
+  fd: number;
+  /** Its whole contents were written by an fd kind (a mapping then need not write its pages). */
+  filled: boolean;
+}
+
+/** The objects of one restore (one per restore, shared by every husk's context). */
+export class SharedObjects {
+  private readonly made = new Map<string, Made>();
+  /** pid in the job -> key -> fd held there. */
+  private readonly held = new Map<number, Map<string, number>>();
+
+  /** The husk's fd of object `key`, taken from the husk that made it; undefined when none has. */
+  get(ctx: RestoreContext, key: string): number | undefined {
+    const mine = this.held.get(ctx.proc.pid)?.get(key);
+    if (mine !== undefined) return mine;
+    const from = this.made.get(key);
+    if (!from) return undefined;
+    const t = ctx.thread;
+    const pidfd = Number(t.syscall('pidfd_open', `open a pidfd of pid ${from.pid} (which holds ${key})`, NR_pidfd_open, from.pid, 0));
+    let fd: number;
+    try {
+      fd = Number(t.syscall('pidfd_getfd', `take ${key} from pid ${from.pid}`, NR_pidfd_getfd, pidfd, from.fd, 0));
+    } catch (e) {
+      throw new CrestError('RESTORE_SHARED', `process ${ctx.proc.pid} could not take ${key} from process ${from.pid} of the same job: ${(e as Error).message}`, { cause: e });
+    } finally {
+      t.syscallRaw(SYS.close, pidfd);
+    }
+    return this.keep(ctx, key, fd);
+  }
+
+  /** Records husk fd `fd` as object `key`, made here; returns the fd it is kept at (`fd` is moved there). */
+  put(ctx: RestoreContext, key: string, fd: number): number {
+    if (this.made.has(key)) throw new CrestError('INTERNAL', `${key} was made twice`);
+    const at = this.keep(ctx, key, fd);
+    this.made.set(key, { pid: ctx.proc.pid, fd: at, filled: false });
+    return at;
+  }
+
+  /** Whether an fd kind wrote the object's whole contents already. */
+  filled(key: string): boolean {
+    return this.made.get(key)?.filled ?? false;
+  }
+
+  markFilled(key: string): void {
+    const m = this.made.get(key);
+    if (m) m.filled = true;
+  }
+
+  /** Closes every object fd the husk holds: the tree is built, nobody will take them any more. */
+  release(ctx: RestoreContext): void {
+    const mine = this.held.get(ctx.proc.pid);
+    if (!mine) return;
+    for (const fd of mine.values()) ctx.thread.syscallRaw(SYS.close, fd);
+    this.held.delete(ctx.proc.pid);
+  }
+
+  private keep(ctx: RestoreContext, key: string, fd: number): number {
+    // Above every fd of the image: the files stage places fds below and never closes this one.
+    const floor = Math.max(2, ...ctx.proc.fds.map((f) => f.fd)) + 1;
+    let at = fd;
+    if (fd < floor) {
+      at = Number(ctx.thread.syscall('fcntl', `move ${key} out of the way`, SYS.fcntl, fd, F_DUPFD_CLOEXEC, floor));
+      ctx.thread.syscallRaw(SYS.close, fd);
+    }
+    let mine = this.held.get(ctx.proc.pid);
+    if (!mine) this.held.set(ctx.proc.pid, (mine = new Map()));
+    mine.set(key, at);
+    return at;
+  }
+}
+
+/** open(2) flags for an unnamed file in a directory (O_TMPFILE | O_RDWR | O_CLOEXEC). */
+export const TMPFILE_RDWR = 0o20200000 | O.RDWR | O.CLOEXEC;
