@@ -184,8 +184,9 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
     if (checkpointedTo) {
       cd.event('stopped', { job: name, checkpoint: checkpointedTo });
     } else if (exit.code !== null) {
-      // Ended on its own: a requeue of this batch job must not run it again from an old checkpoint.
-      cd.markFinished({ at: new Date().toISOString(), job: name, exitCode: exit.code });
+      // Ended on its own: a requeue of this batch job must not run it again
+      // from an old checkpoint (without any, a rerun just starts afresh).
+      if (cd.nextSeq() > 1) cd.markFinished({ at: new Date().toISOString(), job: name, exitCode: exit.code });
       cd.event('finished', { job: name, exitCode: exit.code });
     } else {
       cd.event('killed', { job: name, signal: exit.signal });
