@@ -58,6 +58,12 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
   const log = opts.log ?? (() => {});
   const cd = CheckpointDir.open(opts.checkpointDir, { create: true, command: opts.command });
   const runLock: DirLock = await cd.lockRun({ job: opts.name ?? null });
+  try {
+    cd.adopt(opts.command);
+  } catch (e) {
+    runLock.release();
+    throw e;
+  }
   const except = opts.onSignal ? [opts.onSignal] : [];
   let stopRequests = 0;
   let wake: (() => void) | null = null;

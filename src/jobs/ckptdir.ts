@@ -100,7 +100,7 @@ function fmtCommand(cmd: readonly string[]): string {
 export class CheckpointDir {
   private constructor(
     readonly dir: string,
-    readonly marker: DirMarker,
+    public marker: DirMarker,
   ) {}
 
   /**
@@ -149,13 +149,30 @@ export class CheckpointDir {
       marker = { magic: MARKER_MAGIC, version: 1, command: opts.command, createdAt: new Date().toISOString() };
       writeJsonAtomic(markerPath, marker);
     }
-    if (opts.command && JSON.stringify(opts.command) !== JSON.stringify(marker.command)) {
+    // Without any checkpoint there is nothing of the old command to resume: crest run adopts it (adopt(), under its lock).
+    const hasCheckpoints = fs.readdirSync(d).some((n) => CKPT_RE.test(n));
+    if (opts.command && hasCheckpoints && JSON.stringify(opts.command) !== JSON.stringify(marker.command)) {
       throw new CrestError(
         'CKPT_DIR_OTHER_COMMAND',
         `${d} holds checkpoints of \`${fmtCommand(marker.command)}\`, not of \`${fmtCommand(opts.command)}\`; resuming them would run another program: give this command its own --checkpoint-dir`,
       );
     }
     return new CheckpointDir(d, marker);
+  }
+
+  /**
+   * Makes the directory the checkpoint directory of `command` when it holds
+   * no checkpoint yet (an earlier command never got as far as one). Call
+   * with run.lock held.
+   */
+  adopt(command: string[]): void {
+    if (JSON.stringify(command) === JSON.stringify(this.marker.command)) return;
+    if (fs.readdirSync(this.dir).some((n) => CKPT_RE.test(n))) {
+      throw new CrestError('CKPT_DIR_OTHER_COMMAND', `${this.dir} holds checkpoints of \`${fmtCommand(this.marker.command)}\`, not of \`${fmtCommand(command)}\``);
+    }
+    this.marker = { ...this.marker, command };
+    writeJsonAtomic(path.join(this.dir, DIR_MARKER), this.marker);
+    fs.rmSync(path.join(this.dir, FINISHED_NAME), { force: true });
   }
 
   /** Every ckpt-NNNN subdirectory, oldest first, with its status (sizes checked; data too when verifyData). */

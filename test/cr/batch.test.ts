@@ -295,9 +295,16 @@ test('refusals: not a checkpoint dir, another command, two runs on one dir, cres
   // Two runs at once on one directory.
   const twice = await crest(['run', '--checkpoint-dir', job.dir, '--', ...job.argv]);
   assertRefused(twice, 'a second run on the same dir', new RegExp(`is in use by another crest run \\(pid ${run.pid}`));
-  // The same directory for another command.
+  // The same directory for another command, once it holds a checkpoint.
+  assertOk(await crest(['checkpoint', '--job', job.name]), 'a checkpoint');
   const other = await crest(['run', '--checkpoint-dir', job.dir, '--', STEPS, job.work, '7']);
   assertRefused(other, 'another command', /holds checkpoints of `.*steps .* 200 100 8`, not of `.*steps .* 7`/);
+  // A directory whose command never got as far as a checkpoint is taken over by the next one.
+  const failed = path.join(job.work, 'D-failed');
+  const bad = await crest(['run', '--checkpoint-dir', failed, '--', path.join(job.work, 'no-such-program')]);
+  assert.equal(bad.code, 127, describeResult('a command that cannot start', bad));
+  assert.ok(!fs.existsSync(path.join(failed, 'finished.json')), 'no finished.json without a checkpoint');
+  assertOk(await crest(['run', '--checkpoint-dir', failed, '--', '/bin/true']), 'the next command in that directory');
 
   // crest checkpoint of a job without a checkpoint dir, of no job; while another checkpoint holds the lock.
   const plain = spawnCrest(['run', '--name', `${job.name}-plain`, '--', STEPS, tmpWorkDir('plain'), '1000']);
@@ -306,7 +313,7 @@ test('refusals: not a checkpoint dir, another command, two runs on one dir, cres
   process.kill(-plain.pid, 'SIGKILL');
   assertRefused(await crest(['checkpoint', '--job', 'no-such-job-here']), 'checkpoint of no job', /no running job named/);
   const stalled = spawnCrest(['checkpoint', '--job', job.name], { env: cleanEnv({ CREST_FAULT: 'stall-before-manifest:20000' }) });
-  await waitFor('the stalled checkpoint to hold the lock', () => /"reason":"request"/.test(safeRead(path.join(job.dir, 'checkpoint.lock'))), 20_000, stalled);
+  await waitFor('the stalled checkpoint to hold the lock', () => safeRead(path.join(job.dir, 'checkpoint.lock')).includes(`"pid":${stalled.pid},`), 20_000, stalled);
   assertRefused(await crest(['checkpoint', '--job', job.name, '--wait', '1s']), 'a checkpoint while another is written', /another checkpoint of .* is being written \(pid [0-9]+/);
   const busy = await ls(job.dir);
   assert.ok(busy.checkpoints.some((c) => c.status === 'in-progress'), JSON.stringify(busy));
