@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +30,7 @@ function repoRoot(): string {
   return d;
 }
 const HELPER = join(repoRoot(), 'helper', 'crest-helper');
+const PIDHELPER = join(repoRoot(), 'helper', 'crest-pidhelper');
 const isRoot = process.geteuid!() === 0;
 
 const probe = (r: CheckReport, id: string) => {
@@ -69,7 +70,7 @@ test('runCheck with the real helper', () => {
   assert.equal(report.uid, process.getuid!());
   const ids = report.probes.map((p) => p.id);
   assert.equal(new Set(ids).size, ids.length, `duplicate probe ids: ${ids.join(',')}`);
-  for (const id of ['kernel', 'arch', 'ptrace', 'rseq', 'helper', 'userns', 'mountproc', 'set_tid', 'clone3', 'yama', 'userns-sysctls', 'caps-process', 'caps-helper', 'pagemap', 'soft-dirty', 'userfaultfd', 'pagemap-scan', 'vdso', 'tracking']) {
+  for (const id of ['kernel', 'arch', 'ptrace', 'rseq', 'helper', 'userns', 'mountproc', 'set_tid', 'clone3', 'yama', 'userns-sysctls', 'caps-process', 'caps-pidhelper', 'pidhelper', 'pagemap', 'soft-dirty', 'userfaultfd', 'pagemap-scan', 'vdso', 'tracking']) {
     const p = probe(report, id);
     assert.equal(typeof p.title, 'string');
     assert.ok(p.detail.length > 0, id);
@@ -124,14 +125,20 @@ test('PID modes on this machine', () => {
   assert.equal(u.enable, undefined);
   const c = mode(report, 'cycle');
   assert.equal(c.usable, true, c.why);
+  // The capability lives on crest-pidhelper, which uses it only when root owns it (mode 0755).
   const cap = mode(report, 'cap');
   const status = readStatus('self');
-  const raw = native().getxattr(HELPER, 'security.capability');
-  const fileCap = raw !== null && hasCap(decodeFileCaps(raw).permitted, CAP_CHECKPOINT_RESTORE);
+  const raw = native().getxattr(PIDHELPER, 'security.capability');
+  const st = statSync(PIDHELPER);
+  const fileCap = raw !== null && hasCap(decodeFileCaps(raw).permitted, CAP_CHECKPOINT_RESTORE) && st.uid === 0 && (st.mode & 0o022) === 0;
   const expect = fileCap || (hasCap(status.capEff, CAP_CHECKPOINT_RESTORE) && status.uid[1] === 0);
   assert.equal(cap.usable, expect, cap.why);
-  if (!cap.usable) assert.equal(cap.enable, `sudo setcap cap_checkpoint_restore+ep ${HELPER}`);
+  if (!cap.usable) assert.match(String(cap.enable), new RegExp(`sudo setcap cap_checkpoint_restore\\+ep ${PIDHELPER}$`));
   assert.equal(cap.usable, isRoot || fileCap);
+  assert.equal(report.pidHelperPath, PIDHELPER);
+  const ph = probe(report, 'pidhelper');
+  assert.equal(ph.ok, true, ph.detail);
+  assert.equal((ph.value as Record<string, string>).capability, cap.usable ? 'yes' : 'no');
 });
 
 test('capabilities of this process match /proc/self/status', () => {
@@ -210,7 +217,9 @@ test('a missing helper is reported, not thrown', () => {
   const u = mode(r, 'userns');
   assert.equal(u.usable, false);
   assert.ok(u.enable?.startsWith('npm ci'));
-  assert.equal(mode(r, 'cycle').usable, true);
+  // Cycling is crest-pidhelper's work: it is missing too (it sits next to crest-helper).
+  assert.equal(mode(r, 'cycle').usable, false);
+  assert.ok(mode(r, 'cycle').why.includes('crest-pidhelper'));
   assert.ok(formatCheck(r).includes('not built'));
   JSON.parse(JSON.stringify(r));
 });
@@ -232,16 +241,16 @@ test('file capabilities: decoding', () => {
   assert.throws(() => decodeFileCaps(setcap.subarray(0, 16)), { code: 'CAPS_PARSE' });
 });
 
-test('file capabilities on a real copy of the helper (root sets them, anyone reads them)', () => {
+test('file capabilities on a real copy of crest-pidhelper (root sets them, anyone reads them)', () => {
   // Only root can run setcap; as another user the decode test above stands in.
   if (!isRoot || !existsSync('/usr/sbin/setcap')) return;
   const dir = mkdtempSync(join(tmpdir(), 'crest-caps-'));
   try {
-    const copy = join(dir, 'crest-helper');
-    copyFileSync(HELPER, copy);
+    const copy = join(dir, 'crest-pidhelper');
+    copyFileSync(PIDHELPER, copy);
     execFileSync('/usr/sbin/setcap', ['cap_checkpoint_restore+ep', copy]);
-    const r = runCheck({ helperPath: copy });
-    const c = probe(r, 'caps-helper');
+    const r = runCheck({ helperPath: HELPER, pidHelperPath: copy });
+    const c = probe(r, 'caps-pidhelper');
     assert.ok(c.detail.includes('cap_checkpoint_restore'), c.detail);
     const v = c.value as { revision: number; effective: boolean; permitted: string };
     assert.equal(v.effective, true);
@@ -271,7 +280,7 @@ test('concludeModes: the administrator commands for what blocks a mode', () => {
   let r = m({});
   assert.equal(r.userns!.usable, true);
   assert.equal(r.cap!.usable, false);
-  assert.equal(r.cap!.enable, 'sudo setcap cap_checkpoint_restore+ep /opt/crest/helper/crest-helper');
+  assert.equal(r.cap!.enable, 'sudo setcap cap_checkpoint_restore+ep /opt/crest/helper/crest-pidhelper');
   assert.equal(r.cycle!.usable, true);
 
   const blocked = { helper: { userns: 'EPERM', mountproc: 'EPERM', set_tid: 'EPERM', clone3: 'ok' } };

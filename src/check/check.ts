@@ -3,9 +3,9 @@
 // that cannot run says why. Nothing here prints or exits: runCheck() returns a
 // plain JSON-able report and formatCheck() turns it into words for people.
 import { execFileSync, spawn } from 'node:child_process';
-import { accessSync, constants as fsConstants, existsSync, readFileSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, readFileSync, statSync } from 'node:fs';
 import { machine } from 'node:os';
-import { isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { readMaps, readStat, readStatus, type MapEntry, type ProcStatus } from '../proc/index.js';
 import { PTRACE_EVENT_STOP, WNOHANG, __WALL } from '../sys/constants.js';
 import { CrestError, SyscallError, errnoName } from '../sys/errors.js';
@@ -13,6 +13,7 @@ import { type Native, native } from '../sys/native.js';
 import { CAP_CHECKPOINT_RESTORE, CHECKED_CAPS, type FileCaps, capNames, decodeFileCaps, hasCap, hex64 } from './caps.js';
 import { allocLocated, probePagemap, probeSoftDirty, type LocatedBuffer } from './memprobe.js';
 import { probeFdKinds, probeMemoryKinds } from '../kinds/fds/probe.js';
+import { probePidHelper, setcapCommand } from '../pids/pidhelper.js';
 
 /** A JSON value (the report holds no bigint, no undefined inside arrays). */
 export type JsonValue = string | number | boolean | null | JsonValue[] | { [k: string]: JsonValue | undefined };
@@ -46,6 +47,8 @@ export interface CheckReport {
   uid: number;
   euid: number;
   helperPath: string;
+  /** crest-pidhelper: the binary that may carry CAP_CHECKPOINT_RESTORE (cap mode) and cycles PIDs (cycle mode). */
+  pidHelperPath: string;
   probes: ProbeResult[];
   /** How crest will find pages changed since the last checkpoint. */
   tracking: { method: TrackingMethod; why: string };
@@ -55,6 +58,8 @@ export interface CheckReport {
 export interface CheckOptions {
   /** The crest-helper binary (normally paths.helperPath()). */
   helperPath: string;
+  /** crest-pidhelper (normally pids.pidHelperPath(); default: next to helperPath). */
+  pidHelperPath?: string;
   /** Ceiling for the helper's probe run and the ptrace stop (ms). Default 15000 / 5000. */
   helperTimeoutMs?: number;
   stopTimeoutMs?: number;
@@ -134,6 +139,9 @@ interface Ctx {
   sysctls: Record<string, string | undefined>;
   fileCaps?: FileCaps | null;
   helperNoSuid?: boolean;
+  pidHelperMissing?: boolean;
+  pidHelperOwnerOk?: boolean;
+  pidHelper?: Record<string, string>;
   softDirty?: boolean;
   uffdWp?: boolean;
   pagemapScan?: boolean;
@@ -400,12 +408,15 @@ function probeCaps(ctx: Ctx): void {
       value: { capEff: hex64(eff), capPrm: hex64(prm), capAmb: hex64(s.capAmb), noNewPrivs: s.noNewPrivs },
     };
   });
-  attempt(ctx, 'caps-helper', 'file capabilities of crest-helper', () => {
-    const path = ctx.opts.helperPath;
+  attempt(ctx, 'caps-pidhelper', 'file capabilities of crest-pidhelper', () => {
+    const path = ctx.opts.pidHelperPath;
     if (!existsSync(path)) {
       ctx.fileCaps = null;
-      return { ok: null, detail: `not tried: helper not found at ${path}` };
+      ctx.pidHelperMissing = true;
+      return { ok: null, detail: `not tried: crest-pidhelper not found at ${path}` };
     }
+    const own = statSync(path);
+    ctx.pidHelperOwnerOk = own.uid === 0 && (own.mode & 0o022) === 0;
     const n = needNative(ctx);
     const raw = n.getxattr(path, 'security.capability');
     if (raw === null) {
@@ -417,6 +428,7 @@ function probeCaps(ctx: Ctx): void {
     ctx.helperNoSuid = mountedNoSuid(path);
     const notes: string[] = [];
     if (!fc.effective) notes.push('effective flag not set');
+    if (!ctx.pidHelperOwnerOk) notes.push('it is not owned by root with mode 0755, so it refuses to run with them');
     if (ctx.helperNoSuid) notes.push('its filesystem is mounted nosuid, so the kernel ignores them');
     if (ctx.status?.noNewPrivs) notes.push('this process has no_new_privs, so exec ignores them');
     return {
@@ -429,7 +441,32 @@ function probeCaps(ctx: Ctx): void {
         inheritable: hex64(fc.inheritable),
         rootid: fc.rootid ?? null,
         nosuid: ctx.helperNoSuid,
+        rootOwned: ctx.pidHelperOwnerOk,
       },
+    };
+  });
+  attempt(ctx, 'pidhelper', 'crest-pidhelper probe', () => {
+    const path = ctx.opts.pidHelperPath;
+    if (!existsSync(path)) {
+      ctx.pidHelperMissing = true;
+      return { ok: false, detail: `crest-pidhelper not found at ${path}; \`npm ci\` (or \`npm run build\`) builds it` };
+    }
+    let res: Record<string, string>;
+    try {
+      res = probePidHelper(path, ctx.opts.helperTimeoutMs);
+    } catch (e) {
+      const err = e as { stderr?: string; status?: number | null };
+      return { ok: false, detail: `\`${path} probe\` failed: ${err.stderr?.trim() || errText(e)}` };
+    }
+    ctx.pidHelper = res;
+    const missing = ['capability', 'set_tid', 'pidns'].filter((k) => res[k] === undefined);
+    return {
+      ok: missing.length === 0,
+      detail:
+        missing.length === 0
+          ? `CAP_CHECKPOINT_RESTORE ${res.capability === 'yes' ? 'held' : 'not held'}; clone3 set_tid in this pid namespace ${res.set_tid === 'ok' ? 'allowed' : `refused (${res.set_tid})`}; pid namespace ${res.pidns === 'ok' ? 'ours' : res.pidns}`
+          : `${path} probe did not report ${missing.join(', ')}`,
+      value: res,
     };
   });
 }
@@ -578,6 +615,15 @@ export interface ModeFacts {
   fileCaps?: FileCaps | null;
   helperNoSuid?: boolean;
   status?: Pick<ProcStatus, 'capEff' | 'capAmb' | 'uid' | 'noNewPrivs'>;
+  /** crest-pidhelper (default: next to helperPath); fileCaps and helperNoSuid are about it. */
+  pidHelperPath?: string;
+  pidHelperMissing?: boolean;
+  /** Root owns it and only root may write it (it refuses to run with capabilities otherwise). */
+  pidHelperOwnerOk?: boolean;
+  /** Its probe lines: capability yes|no, set_tid ok|ERRNO, pidns ok|ERRNO; undefined when it did not run. */
+  pidHelper?: Record<string, string>;
+  /** What an administrator runs to give it the capability (default: setcap on pidHelperPath). */
+  pidHelperEnable?: string;
 }
 
 function usernsBlocker(f: ModeFacts): string | undefined {
@@ -631,34 +677,46 @@ export function concludeModes(ctx: ModeFacts): ModeResult[] {
     });
   }
 
-  // cap: CAP_CHECKPOINT_RESTORE for set_tid / ns_last_pid in the host pid namespace.
+  // cap: crest-pidhelper with CAP_CHECKPOINT_RESTORE: clone3 set_tid in the host pid namespace.
+  // Its own probe decides when it ran; the file's attributes explain why not.
+  const pidHelperPath = ctx.pidHelperPath ?? join(dirname(ctx.helperPath), 'crest-pidhelper');
+  const pidHelperMissing = ctx.pidHelperMissing ?? ctx.helperMissing;
   {
     const s = ctx.status;
     const fc = ctx.fileCaps;
-    const abs = isAbsolute(ctx.helperPath) ? ctx.helperPath : resolve(ctx.helperPath);
-    const enable = `sudo setcap cap_checkpoint_restore+ep ${abs}`;
+    const abs = isAbsolute(pidHelperPath) ? pidHelperPath : resolve(pidHelperPath);
+    const enable = ctx.pidHelperEnable ?? `sudo setcap cap_checkpoint_restore+ep ${abs}`;
     let usable = false;
     let why: string;
+    const ownerOk = ctx.pidHelperOwnerOk ?? true;
     const fileOk =
-      fc != null && fc.effective && hasCap(fc.permitted, CAP_CHECKPOINT_RESTORE) && fc.rootid === undefined && !ctx.helperNoSuid && !s?.noNewPrivs;
+      fc != null && fc.effective && hasCap(fc.permitted, CAP_CHECKPOINT_RESTORE) && fc.rootid === undefined && !ctx.helperNoSuid && !s?.noNewPrivs && ownerOk;
     const procEff = s ? hasCap(s.capEff, CAP_CHECKPOINT_RESTORE) : false;
     const inherits = s ? s.uid[1] === 0 || hasCap(s.capAmb, CAP_CHECKPOINT_RESTORE) : false;
-    if (fileOk) {
+    const p = ctx.pidHelper;
+    const probeOk = p !== undefined && p.capability === 'yes' && p.set_tid === 'ok' && p.pidns === 'ok';
+    if (p !== undefined && !probeOk && !pidHelperMissing) {
+      const reasons = [`crest-pidhelper's probe: capability ${p.capability ?? '?'}, set_tid ${p.set_tid ?? '?'}, pid namespace ${p.pidns ?? '?'}`];
+      if (fc == null) reasons.push('it has no file capabilities');
+      else if (!ownerOk) reasons.push('it carries file capabilities but is not owned by root with mode 0755, so it refuses them');
+      why = reasons.join('; ');
+    } else if (fileOk && (p === undefined || probeOk)) {
       usable = true;
-      why = 'crest-helper carries cap_checkpoint_restore in its permitted and effective file capabilities';
-    } else if (procEff && inherits && !ctx.helperMissing) {
+      why = 'crest-pidhelper carries cap_checkpoint_restore in its permitted and effective file capabilities';
+    } else if (procEff && inherits && !pidHelperMissing) {
       usable = true;
-      why = `this process holds cap_checkpoint_restore${s?.uid[1] === 0 ? ' (as root)' : ' (ambient)'} and crest-helper inherits it`;
+      why = `this process holds cap_checkpoint_restore${s?.uid[1] === 0 ? ' (as root)' : ' (ambient)'} and crest-pidhelper inherits it`;
     } else {
       const reasons: string[] = [];
-      if (ctx.helperMissing) reasons.push('crest-helper is not built');
-      else if (fc == null) reasons.push('crest-helper has no file capabilities');
-      else if (!hasCap(fc.permitted, CAP_CHECKPOINT_RESTORE)) reasons.push('crest-helper\'s file capabilities lack cap_checkpoint_restore');
-      else if (!fc.effective) reasons.push('crest-helper\'s file capabilities lack the effective flag');
-      else if (fc.rootid !== undefined) reasons.push(`crest-helper's file capabilities are namespaced (rootid ${fc.rootid}) and do not apply in the host pid namespace`);
-      else if (ctx.helperNoSuid) reasons.push('crest-helper sits on a nosuid mount, so its file capabilities are ignored');
+      if (pidHelperMissing) reasons.push('crest-pidhelper is not built');
+      else if (fc == null) reasons.push('crest-pidhelper has no file capabilities');
+      else if (!hasCap(fc.permitted, CAP_CHECKPOINT_RESTORE)) reasons.push('crest-pidhelper\'s file capabilities lack cap_checkpoint_restore');
+      else if (!fc.effective) reasons.push('crest-pidhelper\'s file capabilities lack the effective flag');
+      else if (fc.rootid !== undefined) reasons.push(`crest-pidhelper's file capabilities are namespaced (rootid ${fc.rootid}) and do not apply in the host pid namespace`);
+      else if (ctx.helperNoSuid) reasons.push('crest-pidhelper sits on a nosuid mount, so its file capabilities are ignored');
       else if (s?.noNewPrivs) reasons.push('this process has no_new_privs, so file capabilities are ignored at exec');
-      if (!ctx.helperMissing) {
+      else if (!ownerOk) reasons.push('crest-pidhelper carries file capabilities but is not owned by root with mode 0755, so it refuses them');
+      if (!pidHelperMissing) {
         reasons.push(procEff ? 'this process holds cap_checkpoint_restore but not as ambient, so the helper would not inherit it' : 'this process does not hold cap_checkpoint_restore');
       }
       why = reasons.join('; ');
@@ -671,18 +729,22 @@ export function concludeModes(ctx: ModeFacts): ModeResult[] {
       mode: 'cap',
       usable,
       why,
-      ...(usable ? {} : { enable: (!ctx.ptraceOk ? ptraceEnable(ctx) : undefined) ?? (ctx.helperMissing ? `npm ci && ${enable}` : enable) }),
+      ...(usable ? {} : { enable: (!ctx.ptraceOk ? ptraceEnable(ctx) : undefined) ?? (pidHelperMissing ? `npm ci && ${enable}` : enable) }),
     });
   }
 
-  // cycle: fork until the PID counter arrives. Always possible when ptrace works.
+  // cycle: crest-pidhelper uses up IDs until the counter arrives. Possible wherever ptrace works.
   {
-    const usable = ctx.ptraceOk;
-    const en = ctx.nativeOk ? ptraceEnable(ctx) : 'npm ci   # in the crest package: builds the native addon';
+    const usable = ctx.ptraceOk && !pidHelperMissing;
+    const en = !ctx.nativeOk || pidHelperMissing ? 'npm ci   # in the crest package: builds the native addon and crest-pidhelper' : ptraceEnable(ctx);
     modes.push({
       mode: 'cycle',
       usable,
-      why: usable ? 'last resort: fork and reap until the PID counter reaches the wanted PID; slow and racy' : ptraceWhy,
+      why: usable
+        ? 'last resort for processes outside a crest job: use up PIDs until the counter reaches the wanted one; slow and racy'
+        : pidHelperMissing && ctx.ptraceOk
+          ? `crest-pidhelper is not built (${pidHelperPath})`
+          : ptraceWhy,
       ...(usable || !en ? {} : { enable: en }),
     });
   }
@@ -694,7 +756,7 @@ export function concludeModes(ctx: ModeFacts): ModeResult[] {
 /** Runs every probe (synchronously, a second or two) and returns the report. Never throws for a failed probe. */
 export function runCheck(opts: CheckOptions): CheckReport {
   const ctx: Ctx = {
-    opts: { helperTimeoutMs: 15000, stopTimeoutMs: 5000, ...opts },
+    opts: { helperTimeoutMs: 15000, stopTimeoutMs: 5000, pidHelperPath: join(dirname(opts.helperPath), 'crest-pidhelper'), ...opts },
     probes: [],
     ptraceOk: false,
     helper: {},
@@ -735,6 +797,7 @@ export function runCheck(opts: CheckOptions): CheckReport {
     uid: process.getuid?.() ?? -1,
     euid: process.geteuid?.() ?? -1,
     helperPath: ctx.opts.helperPath,
+    pidHelperPath: ctx.opts.pidHelperPath,
     probes: ctx.probes,
     tracking,
     modes: concludeModes({
@@ -750,13 +813,18 @@ export function runCheck(opts: CheckOptions): CheckReport {
       fileCaps: ctx.fileCaps,
       helperNoSuid: ctx.helperNoSuid,
       status: ctx.status,
+      pidHelperPath: ctx.opts.pidHelperPath,
+      pidHelperMissing: ctx.pidHelperMissing ?? false,
+      pidHelperOwnerOk: ctx.pidHelperOwnerOk,
+      pidHelper: ctx.pidHelper,
+      pidHelperEnable: setcapCommand(ctx.opts.pidHelperPath),
     }),
   };
 }
 
 const MODE_TITLES: Record<ModeName, string> = {
   userns: 'userns (own namespaces, exact PIDs, no privilege)',
-  cap: 'cap (CAP_CHECKPOINT_RESTORE on crest-helper)',
+  cap: 'cap (CAP_CHECKPOINT_RESTORE on crest-pidhelper)',
   cycle: 'cycle (PID cycling, last resort)',
 };
 
@@ -773,7 +841,14 @@ export function formatCheck(report: CheckReport): string {
     lines.push(`  ${(m.usable ? 'ok' : 'no').padEnd(4)} ${MODE_TITLES[m.mode].padEnd(mw)}   ${m.usable ? 'usable' : 'not usable'}: ${flat(m.why)}`);
     if (m.enable) lines.push(`  ${''.padEnd(4)} ${''.padEnd(mw)}   to enable: ${m.enable}`);
   }
-  const best = report.modes.find((m) => m.usable);
-  lines.push('', best ? `crest will use the ${best.mode} mode.` : 'No PID mode is usable here; see "to enable" above.');
+  const usable = (m: ModeName): boolean => report.modes.some((x) => x.mode === m && x.usable);
+  const host = usable('cap') ? 'cap' : usable('cycle') ? 'cycle' : null;
+  if (!usable('userns') && !host) lines.push('', 'No PID mode is usable here; see "to enable" above.');
+  else {
+    lines.push(
+      '',
+      `crest run jobs get their PIDs back in the ${usable('userns') ? 'userns mode' : '(not usable) userns mode'}; processes outside a job ${host ? `in the ${host} mode` : 'not at all'}.`,
+    );
+  }
   return `${lines.join('\n')}\n`;
 }

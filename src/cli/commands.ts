@@ -1,6 +1,6 @@
 // Verbs, options and exit codes of the crest command. Knows nothing of
 // ptrace: it parses, calls the API, prints, and maps errors to exit codes.
-import { Command, CommanderError, InvalidArgumentError } from '@commander-js/extra-typings';
+import { Command, CommanderError, InvalidArgumentError, Option } from '@commander-js/extra-typings';
 import { resolve } from 'node:path';
 import { CrestError } from '../sys/errors.js';
 import { CREST_VERSION } from '../version.js';
@@ -65,7 +65,8 @@ function program(result: { code: number }): Command {
     .action(async (o) => {
       const { runCheck, formatCheck } = await import('../check/check.js');
       const { helperPath } = await import('../paths.js');
-      const report = runCheck({ helperPath: helperPath() });
+      const { pidHelperPath } = await import('../pids/pidhelper.js');
+      const report = runCheck({ helperPath: helperPath(), pidHelperPath: pidHelperPath() });
       out(o.json ? JSON.stringify(report, null, 2) : formatCheck(report));
     });
 
@@ -205,8 +206,8 @@ function program(result: { code: number }): Command {
     });
 
   p.command('dump')
-    .description('checkpoint a crest job into an image directory')
-    .option('--pid <pid>', 'any host PID of the job', pidArg)
+    .description('checkpoint a crest job, or one of your processes, into an image directory')
+    .option('--pid <pid>', 'any host PID of the job, or a process of yours outside any job', pidArg)
     .option('--job <name>', 'the job name')
     .requiredOption('-D, --dir <dir>', 'image directory')
     .option('--leave-running', 'keep the job running after the checkpoint')
@@ -221,8 +222,9 @@ function program(result: { code: number }): Command {
       if (o.json) out(JSON.stringify(r));
       else {
         for (const w of r.warnings) err(`crest: warning: ${w}`);
+        const where = r.pidMode === 'host' ? 'outside any job: PID mode host' : `pid ${r.nsPid} in job ${r.jobName ?? '?'}`;
         err(
-          `crest: checkpointed pid ${r.pid} (pid ${r.nsPid} in job ${r.jobName ?? '?'}) to ${r.dir}: ${mib(r.pagesBytes)} of memory in ${r.durationMs.toFixed(0)} ms; ${r.stopped ? 'job stopped' : 'job left running'}`,
+          `crest: checkpointed pid ${r.pid} (${where}) to ${r.dir}: ${mib(r.pagesBytes)} of memory in ${r.durationMs.toFixed(0)} ms; ${r.stopped ? 'job stopped' : 'job left running'}`,
         );
       }
     });
@@ -232,17 +234,31 @@ function program(result: { code: number }): Command {
     .requiredOption('-D, --dir <dir>', 'image directory')
     .option('--detach', 'return once the job runs, leaving it in the background')
     .option('--name <name>', 'name for the restored job (default: the image\'s)')
+    .addOption(
+      new Option('--mode <mode>', 'how the PIDs come back: userns (a job\'s own namespace), cap (crest-pidhelper with CAP_CHECKPOINT_RESTORE), cycle (PID cycling); default: the best available for the image').choices(['userns', 'cap', 'cycle'] as const),
+    )
     .option('--json', 'print the result as JSON (with --detach)')
     .action(async (o) => {
       const { restore } = await import('../restore/index.js');
       const { forwardSignals } = await import('../jobs/supervise.js');
       const { loadJob, removeJob } = await import('../jobs/registry.js');
-      const r = await withProgress(() => restore({ dir: resolve(o.dir), detach: !!o.detach, name: o.name }));
+      const r = await withProgress(() => restore({ dir: resolve(o.dir), detach: !!o.detach, name: o.name, mode: o.mode }));
+      const cycled = r.cycled ? `; cycled ${r.cycled.ids} IDs in ${r.cycled.ms.toFixed(0)} ms (${r.cycled.rate} PIDs/s)` : '';
+      err(`crest: PID mode ${r.pidMode}: ${r.pidModeWhy}${cycled}`);
       for (const w of r.warnings) err(`crest: warning: ${w}`);
       if (o.detach) {
         r.helper.letGo();
-        if (o.json) out(JSON.stringify({ job: r.jobName, pid: r.pid, nsPid: r.nsPid, initPid: r.initPid, durationMs: r.durationMs, stages: r.stages, warnings: r.warnings }));
-        else err(`crest: restored job ${r.jobName}: pid ${r.pid} (pid ${r.nsPid} in the job) in ${r.durationMs.toFixed(0)} ms`);
+        if (o.json) {
+          out(
+            JSON.stringify({
+              job: r.jobName, pid: r.pid, nsPid: r.nsPid, initPid: r.initPid, pidMode: r.pidMode, pidModeWhy: r.pidModeWhy,
+              ...(r.cycled ? { cycled: r.cycled } : {}), durationMs: r.durationMs, stages: r.stages, warnings: r.warnings,
+            }),
+          );
+        } else {
+          const where = r.pidMode === 'userns' ? `pid ${r.nsPid} in the job` : 'its own PID, outside any job';
+          err(`crest: restored job ${r.jobName}: pid ${r.pid} (${where}) in ${r.durationMs.toFixed(0)} ms`);
+        }
         return;
       }
       const unforward = forwardSignals(r.helper);

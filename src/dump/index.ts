@@ -15,7 +15,8 @@ import { ImageWriter } from '../image/writer.js';
 import { FORMAT_VERSION, IMAGE_MAGIC, type ProcessImage, type ThreadImage } from '../image/schema.js';
 import { KINDS } from '../kinds/registry.js';
 import { ScratchAllocator, unsupported, type DumpContext } from '../kinds/types.js';
-import { jobOfPid, loadJob, saveJob, type JobRecord } from '../jobs/registry.js';
+import { jobOfPid, listJobs, loadJob, saveJob, type JobRecord } from '../jobs/registry.js';
+import { pidHelperCapability, setcapCommand } from '../pids/index.js';
 import { vdsoSizes } from '../kinds/memory.js';
 import { openPageTracking, parentRef, type PageTrackingOptions } from '../kinds/pagetrack.js';
 import { CREST_VERSION } from '../version.js';
@@ -54,6 +55,8 @@ export interface DumpResult {
   nsPid: number;
   /** How many processes the image holds. */
   processes: number;
+  /** userns: a crest job's process; host: a process outside any job (restored by the cap or cycle mode). */
+  pidMode: 'userns' | 'host';
   pagesBytes: number;
   durationMs: number;
   stages: { name: string; ms: number }[];
@@ -65,7 +68,8 @@ interface Target {
   pid: number;
   /** Every process of the job (host PIDs), parents before children. */
   members: number[];
-  initPid: number;
+  /** The job's init; null for a process outside any job (dumped alone, PID mode host). */
+  initPid: number | null;
   record: JobRecord | null;
 }
 
@@ -101,12 +105,7 @@ function resolveTarget(opts: DumpOptions): Target {
     throw new CrestError('NOT_YOURS', `pid ${pid} (${status.name}) belongs to uid ${status.uid[0]}; you (uid ${uid}) can only checkpoint your own processes`);
   }
   const job = jobOfPid(pid);
-  if (!job) {
-    throw new CrestError(
-      'NOT_A_JOB',
-      `pid ${pid} (${status.name}) was not started by crest run; without a PID mode for processes outside a job (coming in a later release) it could not get its PID back. Start it as \`crest run -- CMD\``,
-    );
-  }
+  if (!job) return hostTarget(pid, status, record);
   if (pid === job.initPid) {
     if (job.members.length === 0) throw new CrestError('NO_SUCH_PROCESS', `job of pid ${pid} has no process left`);
     pid = job.members[0]!;
@@ -116,18 +115,44 @@ function resolveTarget(opts: DumpOptions): Target {
   return { pid: members[0]!, members, initPid: job.initPid, record: record ?? job.record };
 }
 
+/**
+ * A process outside any crest job: dumped alone, with its host PID and TIDs
+ * (PID mode host), when crest-pidhelper can give them back (the cap or the
+ * cycle mode). The job record is the one of a `crest restore` that made it,
+ * if any (its helper is the parent), so that the restore learns of the dump.
+ */
+function hostTarget(pid: number, status: ProcStatus, record: JobRecord | null): Target {
+  const advice = 'Start it as `crest run -- CMD`: a job has its own pid namespace and always gets its PIDs back';
+  if (status.nspid.length !== 1) {
+    throw new CrestError(
+      'NOT_A_JOB',
+      `pid ${pid} (${status.name}) lives in a pid namespace of its own (PIDs ${status.nspid.join(', ')}, outermost first) that is not a crest job's; it could not get its PIDs back. ${advice}`,
+    );
+  }
+  const c = pidHelperCapability();
+  if (!c.built) {
+    throw new CrestError('NOT_A_JOB', `pid ${pid} (${status.name}) was not started by crest run, and no PID mode for processes outside a job is available (${c.why}). ${advice}`);
+  }
+  record ??= listJobs().find((r) => r.initPid === status.ppid) ?? null;
+  return { pid, members: [pid], initPid: null, record };
+}
+
 /** Refusals that need only /proc (the process keeps running untouched). */
-function refuseUnsupported(pid: number, initPid: number, members: number[]): void {
+function refuseUnsupported(pid: number, initPid: number | null, members: number[]): void {
   const status = readStatus(pid);
   const stat = readStat(pid);
   const kids = readChildren(pid).filter((k) => !members.includes(k));
+  if (kids.length > 0 && initPid === null) {
+    throw unsupported(pid, 'children', `it has child processes (${kids.join(', ')}); a process outside a crest job is checkpointed alone. Start it with \`crest run -- CMD\` to checkpoint a whole process tree`);
+  }
   if (kids.length > 0) {
     throw unsupported(pid, 'children', `it started child processes (${kids.join(', ')}) while being checked; try again`);
   }
-  // Sessions and process groups made inside the job are not recreated yet.
+  // Sessions and process groups made inside the job are not recreated yet
+  // (outside a job, restore makes the process lead its session or group again, see pids/host.ts).
   const depth = status.nspid.length;
   for (const [what, id] of [['process group', stat.pgrp], ['session', stat.session]] as const) {
-    if (id <= 0) continue;
+    if (id <= 0 || initPid === null) continue;
     let inside = false;
     try {
       inside = readStatus(id).nspid.length === depth;
@@ -160,17 +185,24 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
     for (const m of target.members) refuseUnsupported(m, target.initPid, target.members);
   });
   const writer = runner.run('open-image', () => ImageWriter.create(opts.dir, { force: !!opts.force }));
+  const pidMode = target.initPid === null ? 'host' : 'userns';
   // Every process of the tree, frozen before any is inspected, so the image is one moment.
   const frozen = new Map<number, Thread[]>();
   let committed = false;
   const warnings: string[] = [];
+  if (pidMode === 'host') {
+    const c = pidHelperCapability();
+    if (!c.capable) {
+      warnings.push(`pid ${pid} is not in a crest job: restoring it will cycle PIDs (slow, racy) because ${c.why}; an administrator can enable the cap mode with: ${setcapCommand(c.path)}`);
+    }
+  }
   try {
     // The parent's page hashes are read before the freeze: the job does not wait for them.
     const tracking = opts.pages ? runner.run('parent', () => openPageTracking(opts.pages!, opts.dir)) : undefined;
     runner.run('freeze', () => {
       for (const m of target.members) frozen.set(m, freeze(m));
       // A process created while we froze the tree would be missed: look again.
-      const again = treeMembers(target.initPid);
+      const again = target.initPid === null ? [target.pid, ...readChildren(target.pid)] : treeMembers(target.initPid);
       const extra = again.filter((m) => !frozen.has(m));
       if (extra.length > 0) throw unsupported(extra[0]!, 'process tree', 'a process was created while the tree was being frozen; try again');
     });
@@ -201,7 +233,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           hostname: hostname(),
           vdso: [...vdsoSizes(pid)].map(([kind, size]) => ({ kind: kind as 'vdso' | 'vvar' | 'vvar_vclock', size })),
         },
-        job: { name: target.record?.name ?? null, pidMode: 'userns', uid: process.getuid!(), gid: process.getgid!() },
+        job: { name: target.record?.name ?? null, pidMode, uid: process.getuid!(), gid: process.getgid!() },
         ...(parentRef(tracking ?? null) ? { parent: parentRef(tracking ?? null) } : {}),
         processes: procs,
       }),
@@ -218,7 +250,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
         // The whole job goes: its processes, then its init (which takes the namespace with it).
         for (const threads of frozen.values()) for (const th of threads) th.kill({ reap: opts.reap !== false });
         try {
-          native().kill(target.initPid, SIG.SIGKILL);
+          if (target.initPid !== null) native().kill(target.initPid, SIG.SIGKILL);
         } catch {
           /* the init already went with its last process */
         }
@@ -238,6 +270,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
       pid,
       nsPid: procs[0]!.pid,
       processes: procs.length,
+      pidMode,
       pagesBytes: Object.values(manifest.files).reduce((a, f) => a + f.size, 0),
       durationMs: runner.totalMs(),
       stages: runner.stages,
@@ -379,9 +412,10 @@ function injectionWindow(ctx: DumpContext): void {
   }
 }
 
-function finishProcess(ctx: DumpContext, initPid: number): ProcessImage {
+function finishProcess(ctx: DumpContext, initPid: number | null): ProcessImage {
   const s = ctx.stat;
-  ctx.proc.ppid = ctx.status.ppid === initPid ? 1 : nsOf(ctx, ctx.status.ppid);
+  // Outside a job the parent is not given back (the restored process is crest-pidhelper's child): 0.
+  ctx.proc.ppid = initPid === null ? 0 : ctx.status.ppid === initPid ? 1 : nsOf(ctx, ctx.status.ppid);
   ctx.proc.pgid = s.pgrp > 0 ? nsOf(ctx, s.pgrp) : 0;
   ctx.proc.sid = s.session > 0 ? nsOf(ctx, s.session) : 0;
   return { ...(ctx.proc as ProcessImage), threads: ctx.threads.map((s) => s.thr as ThreadImage) };

@@ -499,11 +499,15 @@ export const ManifestSchema = v.strictObject({
     /** The vDSO set's sizes on the dumping kernel: restore needs the same. */
     vdso: v.array(v.strictObject({ kind: v.picklist(['vdso', 'vvar', 'vvar_vclock']), size: u })),
   }),
-  /** How the PIDs are given back: userns = the job's own pid namespace (crest run). */
+  /**
+   * How the PIDs are given back: userns = the job's own pid namespace (crest
+   * run); host = a process that ran outside any job, whose PIDs and TIDs are
+   * the host's (restored by crest-pidhelper: the cap or cycle mode).
+   */
   job: v.strictObject({
     name: v.nullable(v.string()),
-    pidMode: v.literal('userns'),
-    /** uid and gid that were mapped into the job's user namespace (the owner's). */
+    pidMode: v.picklist(['userns', 'host']),
+    /** uid and gid that were mapped into the job's user namespace (the owner's); host: the process's. */
     uid: u,
     gid: u,
   }),

@@ -21,8 +21,12 @@ export class Helper {
   private waiters: ((line: string | null) => void)[] = [];
   private ended = false;
 
-  constructor(verb: 'run' | 'restore', args: string[], opts: { detached?: boolean; stdio?: 'inherit' | 'ignore' } = {}) {
-    const path = helperPath();
+  /**
+   * `path`: another helper with the same ctl-line protocol (crest-pidhelper,
+   * verbs husk and cycle); default crest-helper.
+   */
+  constructor(verb: 'run' | 'restore' | 'husk' | 'cycle', args: string[], opts: { detached?: boolean; stdio?: 'inherit' | 'ignore'; path?: string } = {}) {
+    const path = opts.path ?? helperPath();
     if (!existsSync(path)) {
       throw new CrestError('HELPER_MISSING', `crest's helper ${path} is not built; run \`npm ci\` (or \`npm run build\`) in the crest package`);
     }

@@ -30,9 +30,14 @@ function objectKind(link: string): string {
   return link;
 }
 
-/** The init's standard stream that `fd` of the process shares, if any. */
-function outsideStream(pid: number, initPid: number | null, fd: number): 0 | 1 | 2 | null {
-  if (initPid === null) return null;
+/**
+ * The init's standard stream that `fd` of the process shares, if any.
+ * Outside a job (initPid null) there is no init to compare with: a pipe,
+ * socket or terminal at fd 0-2 is taken to be the stream whoever started
+ * the process gave it, and becomes crest restore's.
+ */
+function outsideStream(pid: number, initPid: number | null, fd: number, link: string): 0 | 1 | 2 | null {
+  if (initPid === null) return fd <= 2 && /^(?:pipe:\[|socket:\[|\/dev\/pts\/|\/dev\/tty)/.test(link) ? (fd as 0 | 1 | 2) : null;
   const n = native();
   for (const s of [0, 1, 2] as const) {
     try {
@@ -61,7 +66,7 @@ function probeFds(pid: number, initPid: number | null): FdProbe[] {
       const st = statSync(`/proc/${pid}/fd/${fd}`);
       const info = readFdinfo(pid, fd);
       // A regular file the job's stdout was redirected to stays a file (reopened by path, offset kept).
-      const stream = st.isFile() || st.isDirectory() ? null : outsideStream(pid, initPid, fd);
+      const stream = st.isFile() || st.isDirectory() ? null : outsideStream(pid, initPid, fd, link);
       p = { fd, link, st, info, stream, rep: fd, sock: null };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;

@@ -46,9 +46,10 @@ export const mm: Kind = {
     const t = ctx.thread;
     const auxv = Buffer.from(m.auxv, 'base64');
     const auxvAt = ctx.mem.put(auxv);
-    const exeFd = Number(
-      t.syscall('openat', `open executable ${ctx.proc.exe.path}`, SYS.openat, -100, ctx.mem.str(ctx.proc.exe.path), 0, 0),
-    );
+    // exe_fd needs CAP_CHECKPOINT_RESTORE in the process itself: a husk without any goes straight to the fallback.
+    const exeFd = ctx.unprivilegedMode
+      ? -1
+      : Number(t.syscall('openat', `open executable ${ctx.proc.exe.path}`, SYS.openat, -100, ctx.mem.str(ctx.proc.exe.path), 0, 0));
     const b = Buffer.alloc(PRCTL_MM_MAP_SIZE);
     const fields = [
       m.startCode, m.endCode, m.startData, m.endData, m.startBrk, m.brk, m.startStack,
@@ -59,6 +60,13 @@ export const mm: Kind = {
     b.writeUInt32LE(auxv.length, 12 * 8);
     b.writeInt32LE(exeFd, 12 * 8 + 4);
     const at = ctx.mem.put(b);
+    if (exeFd < 0) {
+      t.syscall('prctl', 'PR_SET_MM_MAP (without exe)', SYS.prctl, PR.SET_MM, PR.SET_MM_MAP, at, PRCTL_MM_MAP_SIZE, 0);
+      ctx.warnings.push(
+        `/proc/self/exe stays crest-pidhelper's, not ${ctx.proc.exe.path}: setting it needs CAP_CHECKPOINT_RESTORE in the process itself, and in the ${ctx.unprivilegedMode} mode the restored process holds no capability`,
+      );
+      return;
+    }
     try {
       t.syscall('prctl', 'PR_SET_MM_MAP', SYS.prctl, PR.SET_MM, PR.SET_MM_MAP, at, PRCTL_MM_MAP_SIZE, 0);
     } catch (e) {

@@ -61,6 +61,11 @@ export interface RestoreContext {
   warnings: string[];
   /** Objects the processes of the tree share (memfds, deleted files, shared anonymous memory): one per restore. */
   objects: SharedObjects;
+  /**
+   * The PID mode's name when the husk holds no capability (cap, cycle:
+   * crest-pidhelper dropped them all), for what cannot be done without one.
+   */
+  unprivilegedMode?: string;
 }
 
 /** One kind of resource: how it is refused, captured and rebuilt. */

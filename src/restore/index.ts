@@ -2,7 +2,6 @@
 // checkpointed process. Everything about the image is checked before any
 // process exists; after that, any failure kills the half-built husk (and the
 // job's init with it), so nothing half-restored is ever left running.
-import { performance } from 'node:perf_hooks';
 import { resolve as resolvePath } from 'node:path';
 import { readImageChain } from '../image/chain.js';
 import type { Manifest, ProcessImage } from '../image/schema.js';
@@ -18,7 +17,8 @@ import { kind } from '../kinds/registry.js';
 import { SharedObjects } from '../kinds/objects.js';
 import { checkXfeatures } from '../kinds/registers.js';
 import { readMaps } from '../proc/index.js';
-import { Helper, type HelperExit } from '../jobs/supervise.js';
+import type { Helper, HelperExit } from '../jobs/supervise.js';
+import { choosePidMode, restoreSession, type CycleStats, type Husks, type PidModeName } from '../pids/index.js';
 import { freeJobName, saveJob, removeJob, checkJobName } from '../jobs/registry.js';
 import { readStat } from '../proc/index.js';
 import { StageRunner } from '../stages.js';
@@ -29,6 +29,10 @@ export interface RestoreOptions {
   detach?: boolean;
   /** Job name for the restored job (default: the image's). */
   name?: string;
+  /** How the PIDs come back (pids/); default: the best this image and machine allow. */
+  mode?: PidModeName;
+  /** cycle mode: give up reaching the PIDs after this long (default 30 s). */
+  cycleTimeoutMs?: number;
   onStage?: (name: string, ms: number) => void;
 }
 
@@ -41,6 +45,11 @@ export interface RestoreResult {
   durationMs: number;
   stages: { name: string; ms: number }[];
   warnings: string[];
+  /** The PID mode used, and why it was picked. */
+  pidMode: PidModeName;
+  pidModeWhy: string;
+  /** cycle mode: how many IDs were used up to reach the PIDs, and how fast. */
+  cycled?: CycleStats;
   /** Resolves when the job ends (not meaningful after detach). */
   exited: Promise<HelperExit>;
   helper: Helper;
@@ -79,17 +88,22 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // Absolute: the husk opens image files by path, from its own working directory.
   opts = { ...opts, dir: resolvePath(opts.dir) };
   const manifest = runner.run('read-image', () => preflight(opts.dir));
+  // How the PIDs come back (pids/): picked for the image, its own refusals
+  // (IDs taken, wrong user ...) before any process exists.
+  const choice = choosePidMode(manifest, opts.mode);
+  await runner.runAsync('pids', () => choice.mode.preflight(manifest));
   if (opts.name !== undefined) checkJobName(opts.name);
   const jobName = opts.name ?? freeJobName(manifest.job.name ?? 'job');
-  const tasks = manifest.processes.flatMap((p) => ['--task', p.ppid > 1 ? `${p.pid}:${p.ppid}` : String(p.pid)]);
-  const helper = runner.run('spawn', () => new Helper('restore', tasks, { detached: !!opts.detach }));
+  const spawnOpts = { detached: !!opts.detach, cycleTimeoutMs: opts.cycleTimeoutMs };
+  const helper = runner.run('spawn', () => choice.mode.spawn(manifest, spawnOpts));
   // Every thread of every husk we hold: killed together on failure, let go together on success.
   const held: Thread[] = [];
   let initPid = 0;
   const warnings: string[] = [];
   try {
-    const husks = await runner.runAsync('husk', () => awaitHusks(helper));
+    const husks = await runner.runAsync('husk', () => choice.mode.awaitHusks(helper, manifest, spawnOpts));
     initPid = husks.initPid;
+    const unprivileged = choice.mode.huskPrivileged ? undefined : choice.mode.name;
     // Read now: a restored job may finish (and its init with it) right after it resumes.
     const initStart = readStat(initPid).starttime;
     const objects = new SharedObjects();
@@ -97,7 +111,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const proc of manifest.processes) {
       const huskPid = husks.pids.get(proc.pid);
       if (huskPid === undefined) throw new CrestError('HELPER_FAILED', `the helper did not report a husk for pid ${proc.pid}`);
-      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, huskPid, held, warnings, objects));
+      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, huskPid, husks, held, warnings, unprivileged, objects));
     }
     // Registers go in only once every process is built: until then a husk
     // may still hand an object it made (a memfd ...) to a later one, and
@@ -124,6 +138,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       durationMs: runner.totalMs(),
       stages: runner.stages,
       warnings,
+      pidMode: choice.mode.name,
+      pidModeWhy: choice.why,
+      ...(husks.cycled ? { cycled: husks.cycled } : {}),
       exited: helper.exited,
       helper,
     };
@@ -150,13 +167,20 @@ async function restoreProcess(
   proc: ProcessImage,
   dir: string,
   huskPid: number,
+  husks: Husks,
   held: Thread[],
   warnings: string[],
+  unprivilegedMode: string | undefined,
   objects: SharedObjects,
 ): Promise<() => void> {
   const tag = manifest.processes.length > 1 ? `:${proc.pid}` : '';
-  const t = runner.run(`seize${tag}`, () => Thread.seize(huskPid, { exitKill: true, traceClone: true }));
-  held.push(t);
+  // Threads the PID helper made already (cap, cycle) are held from the start
+  // too: none of the husk may run while its memory is replaced.
+  const { t, made } = runner.run(`seize${tag}`, () => {
+    const main = Thread.seize(huskPid, { exitKill: true, traceClone: true });
+    held.push(main);
+    return { t: main, made: seizeMadeThreads(proc, husks, held) };
+  });
   const ctx: RestoreContext = {
     manifest,
     proc,
@@ -168,6 +192,7 @@ async function restoreProcess(
     mem: null as unknown as ScratchAllocator,
     warnings,
     objects,
+    ...(unprivilegedMode ? { unprivilegedMode } : {}),
   };
   runner.run(`prepare${tag}`, () => prepareHusk(ctx));
   // Order matters, and each step says why it comes where it does:
@@ -180,14 +205,17 @@ async function restoreProcess(
   // so the pages file and mapped files are already closed again.
   runner.run(`files${tag}`, () => kind('files').restore!(ctx));
   runner.run(`process${tag}`, () => kind('process').restore!(ctx));
+  // Outside a job: lead its session or process group again, as far as an ordinary process can.
+  if (manifest.job.pidMode === 'host') runner.run(`session${tag}`, () => restoreSession(ctx));
   // signals: actions point into restored memory; pending signals are queued
   // while all are blocked (the real masks go in last, with the registers).
   runner.run(`signals${tag}`, () => kind('signals').restore!(ctx));
   // PR_SET_MM_MAP after every mapping exists: the kernel checks the values against them.
   runner.run(`mm${tag}`, () => kind('mm').restore!(ctx));
   // Threads after the process-wide state they share, before creds: creating
-  // a thread with a chosen TID needs the capability the husk still holds.
-  const threads = runner.run(`threads${tag}`, () => createThreads(ctx, held));
+  // a thread with a chosen TID needs the capability the husk still holds
+  // (userns; in the cap and cycle modes the helper made them already).
+  const threads = runner.run(`threads${tag}`, () => createThreads(ctx, held, made));
   // Per-thread state (alternate stack, queued signals, rseq, robust list,
   // tid address, name), then each thread drops its capabilities (per thread in Linux).
   runner.run(`thread-state${tag}`, () => {
@@ -215,15 +243,41 @@ async function restoreProcess(
 /** CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM */
 const THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
 
+/** Seizes the threads the PID helper made with the image's TIDs (cap, cycle modes), by image TID. */
+function seizeMadeThreads(proc: ProcessImage, husks: Husks, held: Thread[]): Map<number, Thread> {
+  const out = new Map<number, Thread>();
+  for (const img of proc.threads.slice(1)) {
+    const host = husks.threads.get(img.tid);
+    if (host === undefined) continue;
+    const th = Thread.seize(host, { exitKill: true });
+    held.push(th);
+    out.set(img.tid, th);
+  }
+  return out;
+}
+
 /**
  * Creates the process's other threads with their original TIDs: clone3 with
  * set_tid, injected into the main thread. Each new thread is attached to us
  * (PTRACE_O_TRACECLONE) and stops before running a single instruction; its
- * registers are replaced later like the main thread's.
+ * registers are replaced later like the main thread's. A thread the PID
+ * helper made already (`made`) is used as it is: the husk holds no
+ * capability to choose a TID in those modes.
  */
-function createThreads(ctx: RestoreContext, held: Thread[]): Map<number, Thread> {
+function createThreads(ctx: RestoreContext, held: Thread[], made: Map<number, Thread>): Map<number, Thread> {
   const out = new Map<number, Thread>([[ctx.proc.pid, ctx.thread]]);
   for (const img of ctx.proc.threads.slice(1)) {
+    const ready = made.get(img.tid);
+    if (ready) {
+      ready.setSyscallSite(ctx.scratch);
+      // Threads the helper made register no rseq (a CLONE_VM child starts without); should one have, it goes first.
+      const rseq = native().ptraceGetRseqConfig(ready.tid);
+      if (rseq) ready.syscall('rseq', "unregister the husk thread's rseq", SYS.rseq, rseq.rseqAbiPointer, rseq.rseqAbiSize, RSEQ_FLAG_UNREGISTER, BigInt(rseq.signature));
+      out.set(img.tid, ready);
+      continue;
+    }
+    // A husk without capabilities cannot choose a TID: its helper makes them all.
+    if (ctx.unprivilegedMode) throw new CrestError('RESTORE_THREAD', `thread ${img.tid} was not made by crest-pidhelper (${ctx.unprivilegedMode} mode)`);
     ctx.mem.reset();
     const tids = Buffer.alloc(8);
     tids.writeInt32LE(img.tid, 0);
@@ -251,31 +305,6 @@ function createThreads(ctx: RestoreContext, held: Thread[]): Map<number, Thread>
     out.set(img.tid, th);
   }
   return out;
-}
-
-/** Reads the helper's control lines until every husk exists. */
-async function awaitHusks(helper: Helper): Promise<{ initPid: number; pids: Map<number, number> }> {
-  const pids = new Map<number, number>();
-  const deadline = performance.now() + 10000;
-  for (;;) {
-    const line = await Promise.race([
-      helper.nextLine(),
-      new Promise<null>((r) => setTimeout(() => r(null), Math.max(0, deadline - performance.now())).unref()),
-    ]);
-    if (line === null) {
-      const ex = await Promise.race([helper.exited, new Promise<null>((r) => setTimeout(() => r(null), 100).unref())]);
-      throw new CrestError('HELPER_FAILED', `crest's helper did not create the process${ex ? ` (it exited: ${ex.signal ?? ex.code})` : ' in time'}`);
-    }
-    const [word, a, b] = line.split(' ');
-    if (word === 'husk') pids.set(Number(a), Number(b));
-    else if (word === 'ready') return { initPid: Number(a), pids };
-    else if (word === 'error') {
-      throw new CrestError(
-        b === 'EEXIST' ? 'PID_TAKEN' : 'HELPER_FAILED',
-        `could not create pid ${a} in the job's namespace: ${b}`,
-      );
-    }
-  }
 }
 
 /**

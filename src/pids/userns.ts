@@ -1,0 +1,34 @@
+// userns: a crest job owns its user+pid namespace, and inside it the husks
+// get any PID by clone3 set_tid with no privilege on the host
+// (helper/crest-helper.c `restore`). The default, and the only mode for
+// images of crest jobs.
+import type { Manifest } from '../image/schema.js';
+import { Helper } from '../jobs/supervise.js';
+import { CrestError } from '../sys/errors.js';
+import { readUntil } from './lines.js';
+import type { Husks, PidMode } from './types.js';
+
+export const userns: PidMode = {
+  name: 'userns',
+  huskPrivileged: true,
+  async preflight(m: Manifest) {
+    if (m.job.pidMode !== 'userns') {
+      throw new CrestError('MODE_MISMATCH', `the image is of a process outside any crest job (PID mode ${m.job.pidMode}): its PIDs are the host's, not a job's; restore it with --mode cap or --mode cycle`);
+    }
+  },
+  spawn(m, opts) {
+    const tasks = m.processes.flatMap((p) => ['--task', p.ppid > 1 ? `${p.pid}:${p.ppid}` : String(p.pid)]);
+    return new Helper('restore', tasks, { detached: opts.detached });
+  },
+  async awaitHusks(helper) {
+    const pids = new Map<number, number>();
+    return readUntil<Husks>(helper, "crest's helper", 10_000, (word, [a, b]) => {
+      if (word === 'husk') pids.set(Number(a), Number(b));
+      else if (word === 'ready') return { initPid: Number(a), pids, threads: new Map() };
+      else if (word === 'error') {
+        throw new CrestError(b === 'EEXIST' ? 'PID_TAKEN' : 'HELPER_FAILED', `could not create pid ${a} in the job's namespace: ${b}`);
+      }
+      return undefined;
+    });
+  },
+};
