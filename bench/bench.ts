@@ -179,6 +179,64 @@ async function benchThreads() {
   };
 }
 
+// ---- PID cycling: how fast the cycle mode reaches a PID. A counter started
+// outside crest (so its image has PID mode host) is dumped, then restored
+// with --mode cycle: the counter has moved past its PID, so the helper uses
+// up about a whole pid_max of IDs to get it back. CREST_BENCH_CYCLE=0 leaves it out.
+interface CycleSample {
+  ids: number;
+  ms: number;
+  rate: number;
+}
+
+async function onceCycle(runNo: number): Promise<CycleSample> {
+  const work = mkdtempSync(join(tmpdir(), 'crest-bench-cycle-'));
+  const image = join(work, 'image');
+  // fds above 2 closed (nothing leaked into the bench becomes the target's); as root, without capabilities.
+  const argv = [
+    'python3', '-c', 'import os, sys; os.closerange(3, 65536); os.execvp(sys.argv[1], sys.argv[1:])',
+    ...(process.getuid!() === 0 ? ['setpriv', '--securebits', '+noroot,+noroot_locked', '--'] : []),
+    TARGET, work, '1',
+  ];
+  const target = spawn(argv[0]!, argv.slice(1), { stdio: 'ignore', detached: true });
+  const targetExit = new Promise((r) => target.on('exit', r));
+  let restored = 0;
+  try {
+    await waitFile(join(work, 'ready'), 60000);
+    const pid = Number(readFileSync(join(work, 'ready'), 'utf8').trim());
+    timeCmd(['dump', '--pid', String(pid), '-D', image, '--json'], work);
+    await targetExit;
+    const r = timeCmd(['restore', '-D', image, '--mode', 'cycle', '--detach', '--json', '--name', `bench-${process.pid}-cycle-${runNo}`], work);
+    const rj = JSON.parse(r.out) as { pid: number; cycled?: CycleSample };
+    restored = rj.pid;
+    if (!rj.cycled) throw new Error(`restore --mode cycle reported no cycling: ${r.out}`);
+    return rj.cycled;
+  } finally {
+    for (const p of [restored, target.pid ?? 0]) {
+      try {
+        if (p > 0) process.kill(p, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    await sleep(200);
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+/** The cycling rate (median of 3 restores), or null when CREST_BENCH_CYCLE=0. */
+async function benchCycling(): Promise<{ runs: number; pidMax: number; rate: number; ids: number; ms: number; samples: CycleSample[] } | null> {
+  if (process.env.CREST_BENCH_CYCLE === '0') return null;
+  const samples: CycleSample[] = [];
+  for (let i = 0; i < 3; i++) {
+    samples.push(await onceCycle(i));
+    process.stderr.write('.');
+  }
+  process.stderr.write('\n');
+  const pidMax = Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8').trim());
+  return { runs: samples.length, pidMax, rate: median(samples.map((s) => s.rate)), ids: median(samples.map((s) => s.ids)), ms: median(samples.map((s) => s.ms)), samples };
+}
+
 async function main(): Promise<void> {
   for (const p of [CLI, TARGET, TOUCH]) if (!existsSync(p)) throw new Error(`${p} missing: run npm run build first`);
   const rows = [];
@@ -229,8 +287,14 @@ async function main(): Promise<void> {
   for (const r of table) console.log(line(r));
   console.log(`medians of ${RUNS} runs (3 for 1 GiB and for the threads row); "wall" includes starting the crest command; "dump"/"restore" are crest's own timings;`);
   console.log('restore/touch = restore time over the time this machine takes to first-touch the same amount of fresh memory, measured right before it.');
+  const cycling = await benchCycling();
+  if (cycling) {
+    console.log(
+      `PID cycling (crest restore --mode cycle of a process dumped outside a job): ${f(cycling.rate)} PIDs/s, ${f(cycling.ids)} IDs in ${f(cycling.ms)} ms to get its PID back (median of ${cycling.runs}; pid_max ${cycling.pidMax})`,
+    );
+  }
   const out = join(ROOT, 'bench', 'results.json');
-  writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), rows }, null, 1) + '\n');
+  writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), rows, cycling }, null, 1) + '\n');
   console.log(`JSON: ${out}`);
   // Checkpoints of a running job: full vs incremental, pauses, compression (bench/batch.ts).
   await benchBatch(ROOT);
