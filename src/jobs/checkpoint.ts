@@ -84,6 +84,7 @@ export async function takeCheckpoint(opts: CheckpointOptions): Promise<Checkpoin
   const seq = cd.nextSeq();
   const name = checkpointName(seq);
   const dir = path.join(cd.dir, name);
+  lock.note({ job: opts.job, reason: opts.reason, checkpoint: name });
   try {
     cd.event('checkpoint-start', { checkpoint: name, reason: opts.reason, stop: opts.stop, job: opts.job });
     let d: DumpResult;
@@ -97,7 +98,10 @@ export async function takeCheckpoint(opts: CheckpointOptions): Promise<Checkpoin
       } catch {
         /* not empty or gone: an incomplete checkpoint, which gc removes */
       }
-      cd.event('checkpoint-failed', { checkpoint: name, reason: opts.reason, code: (e as CrestError).code ?? null, error: (e as Error).message });
+      const code = (e as CrestError).code ?? null;
+      // A job that ends while it is being checkpointed leaves nothing to checkpoint: not a failure.
+      const ended = code === 'PROCESS_VANISHED' || code === 'NO_SUCH_JOB' || code === 'NO_SUCH_PROCESS';
+      cd.event(ended ? 'checkpoint-abandoned' : 'checkpoint-failed', { checkpoint: name, reason: opts.reason, code, error: (e as Error).message });
       throw e;
     }
     const taken: CheckpointTaken = {

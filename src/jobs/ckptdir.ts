@@ -183,7 +183,7 @@ export class CheckpointDir {
       .filter((x): x is { n: string; m: RegExpExecArray } => x.m !== null && isDir(path.join(this.dir, x.n)))
       .map(({ n, m }) => ({ name: n, seq: Number(m[1]) }))
       .sort((a, b) => a.seq - b.seq);
-    const writing = !opts.lockHeld && this.checkpointLockHolder() !== null;
+    const holder = opts.lockHeld ? null : this.checkpointLockHolder();
     const out: CheckpointEntry[] = [];
     const byName = new Map<string, CheckpointEntry>();
     for (const { name, seq } of names) {
@@ -222,10 +222,10 @@ export class CheckpointDir {
         e.problem = `its parent ${e.parent} is not the checkpoint it was taken on (replaced since)`;
       }
     }
-    // The last incomplete one is being written while someone holds the checkpoint lock.
-    if (writing) {
-      const last = out[out.length - 1];
-      if (last && last.status === 'incomplete') last.status = 'in-progress';
+    // The one the holder of the checkpoint lock says it writes is in progress, not interrupted.
+    if (holder) {
+      const e = byName.get(String(holder.checkpoint));
+      if (e && e.status === 'incomplete') e.status = 'in-progress';
     }
     return out;
   }
@@ -409,6 +409,17 @@ export class DirLock {
       }
     } finally {
       fs.closeSync(fd);
+    }
+  }
+
+  /** Replaces the note in the lock file (what the holder is doing now). */
+  note(info: Record<string, unknown>): void {
+    if (this.fd === null) return;
+    try {
+      fs.ftruncateSync(this.fd, 0);
+      fs.writeSync(this.fd, JSON.stringify({ pid: process.pid, since: new Date().toISOString(), ...info }) + '\n', 0);
+    } catch {
+      /* the note is for messages */
     }
   }
 

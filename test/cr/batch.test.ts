@@ -147,7 +147,8 @@ test('timer checkpoints while the job runs; the warning signal checkpoints, stop
   assert.equal(p.steps[stopped.length], stopped.at(-1)! + 1, 'the resumed job continued from where it stopped');
   const events = fs.readFileSync(path.join(job.dir, 'events.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event: string });
   assert.deepEqual(
-    [...new Set(events.map((e) => e.event))].sort(),
+    // (a timer checkpoint may meet the job as it ends: abandoned, not failed)
+    [...new Set(events.map((e) => e.event))].filter((e) => e !== 'checkpoint-abandoned').sort(),
     ['checkpoint', 'checkpoint-start', 'finished', 'resume', 'start', 'stopped'],
   );
 
@@ -225,20 +226,20 @@ test('a checkpoint killed half-way never becomes the newest complete one; the jo
 });
 
 test('a disk that fills during a checkpoint: the checkpoint fails cleanly, the job keeps running and finishes', { timeout: TIMEOUT }, async () => {
-  const job = stepsJob('enospc', 40);
-  // Two 8 MiB checkpoints fit, the third runs out of space half-way.
-  const run = runBatch(job, ['--every', '400ms', '--full-every', '1'], { CREST_FAULT: 'enospc-after:20000000' });
+  const job = stepsJob('enospc', 60);
+  // One 8 MiB checkpoint fits, the next runs out of space half-way.
+  const run = runBatch(job, ['--every', '400ms', '--full-every', '1'], { CREST_FAULT: 'enospc-after:10000000' });
   const r = await withTimeout(run.exited, 60_000, 'crest run');
   assertOk(r, 'crest run with a disk that fills');
   assert.match(r.stderr, /warning: the timer checkpoint failed, the job keeps running: .*disk full \(ENOSPC/);
-  assert.equal(r.stdout.trim(), expectedResult(40));
+  assert.equal(r.stdout.trim(), expectedResult(60));
   const list = await ls(job.dir);
-  assert.deepEqual(list.checkpoints.map((c) => [c.name, c.status]), [['ckpt-0001', 'complete'], ['ckpt-0002', 'complete']], 'the failed ones left nothing');
-  assert.equal(list.newest, 'ckpt-0002');
+  assert.deepEqual(list.checkpoints.map((c) => [c.name, c.status]), [['ckpt-0001', 'complete']], 'the failed ones left nothing');
+  assert.equal(list.newest, 'ckpt-0001');
 });
 
 test('a real full disk (a 12 MiB tmpfs, as root): same', { timeout: TIMEOUT, skip: IS_ROOT ? false : 'mounting a tmpfs needs root (the fault-point test above covers it)' }, async () => {
-  const job = stepsJob('tmpfs', 40);
+  const job = stepsJob('tmpfs', 60);
   fs.mkdirSync(job.dir);
   const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=12m,mode=0700', 'crest-test', job.dir], { encoding: 'utf8' });
   assert.equal(m.status, 0, `mount: ${m.stderr}`);
@@ -246,7 +247,7 @@ test('a real full disk (a 12 MiB tmpfs, as root): same', { timeout: TIMEOUT, ski
     const r = await withTimeout(runBatch(job, ['--every', '400ms', '--full-every', '1']).exited, 60_000, 'crest run');
     assertOk(r, 'crest run on a tiny tmpfs');
     assert.match(r.stderr, /warning: the timer checkpoint failed, the job keeps running: .*disk full/);
-    assert.equal(r.stdout.trim(), expectedResult(40));
+    assert.equal(r.stdout.trim(), expectedResult(60));
     const list = await ls(job.dir);
     assert.deepEqual(list.checkpoints.map((c) => [c.name, c.status]), [['ckpt-0001', 'complete']]);
   } finally {
