@@ -8,7 +8,7 @@ import type { Manifest, ProcessImage } from '../image/schema.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, RSEQ_FLAG_UNREGISTER, SIG, SYS } from '../sys/constants.js';
 import { native } from '../sys/native.js';
-import { Thread } from '../tracer/tracer.js';
+import { Thread, sleepMs } from '../tracer/tracer.js';
 import { ScratchAllocator, type RestoreContext } from '../kinds/types.js';
 import { checkRestoredLayout, findFree, mapImageMemory, preflightMemory, replaceHuskMemory, vdsoSizes } from '../kinds/memory.js';
 import { preflightFiles } from '../kinds/files.js';
@@ -177,7 +177,7 @@ async function restoreProcess(
   // Threads the PID helper made already (cap, cycle) are held from the start
   // too: none of the husk may run while its memory is replaced.
   const { t, made } = runner.run(`seize${tag}`, () => {
-    const main = Thread.seize(huskPid, { exitKill: true, traceClone: true });
+    const main = seizeParked(huskPid);
     held.push(main);
     return { t: main, made: seizeMadeThreads(proc, husks, held) };
   });
@@ -242,6 +242,22 @@ async function restoreProcess(
 
 /** CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM */
 const THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
+
+/**
+ * Seizes a husk once it is parked in pause(): a husk reports itself ready a
+ * moment before it closes its report pipe and parks, and one seized in that
+ * moment would carry the pipe into the restored process. Not yet parked: let
+ * it go on and look again (bounded).
+ */
+function seizeParked(pid: number): Thread {
+  const PAUSE = 34n;
+  for (let tries = 0; ; tries++) {
+    const t = Thread.seize(pid, { exitKill: true, traceClone: true });
+    if (t.origRegs[15] === PAUSE || tries >= 500) return t;
+    t.release();
+    sleepMs(2);
+  }
+}
 
 /** Seizes the threads the PID helper made with the image's TIDs (cap, cycle modes), by image TID. */
 function seizeMadeThreads(proc: ProcessImage, husks: Husks, held: Thread[]): Map<number, Thread> {
