@@ -248,7 +248,8 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           saveJob({ ...target.record, checkpointed: { dir: opts.dir, at: new Date().toISOString() } });
         }
         // The whole job goes: its processes, then its init (which takes the namespace with it).
-        for (const threads of frozen.values()) for (const th of threads) th.kill({ reap: opts.reap !== false });
+        // Other threads first: a traced group leader's exit is reported only after every other thread's.
+        for (const threads of frozen.values()) for (const th of [...threads].reverse()) th.kill({ reap: opts.reap !== false });
         try {
           if (target.initPid !== null) native().kill(target.initPid, SIG.SIGKILL);
         } catch {
