@@ -135,3 +135,33 @@ test('a chain with a missing parent: restore refuses it before any process exist
   assert.equal(res.stdout.trim(), expected(c.total));
   assert.ok(steps(c.work).length > before);
 });
+
+test('a multi-threaded job: incremental and compressed checkpoints, stopped, resumed, every thread checks its memory', { timeout: TIMEOUT }, async () => {
+  const work = tmpWorkDir('incr-threads');
+  const dir = path.join(work, 'D');
+  const argv = [path.join(TARGETS_BIN, 'threads_mem'), work, '4', '16'];
+  const name = uniqueName('incr-thr');
+  const run = spawnCrest(['run', '--name', name, '--checkpoint-dir', dir, '--compress', '--every', '1h', '--', ...argv]);
+  const end = Date.now() + 60_000;
+  while (!fs.existsSync(path.join(work, 'ready'))) {
+    if (run.result || Date.now() > end) assert.fail(run.result ? describeResult('crest run', run.result) : 'threads_mem not ready');
+    await sleep(20);
+  }
+  assertOk(await crest(['checkpoint', '--job', name]), 'the first (full) checkpoint');
+  const t0 = Date.now();
+  const stop = await crest(['checkpoint', '--job', name, '--stop', '--json']);
+  assertOk(stop, 'the second checkpoint, with --stop');
+  const j = JSON.parse(stop.stdout) as { parent: string | null; stopped: boolean };
+  assert.equal(j.parent, 'ckpt-0001');
+  assert.ok(j.stopped);
+  // Every thread killed and reaped at once (a leader reaped first used to wait 5 s for its threads).
+  assert.ok(Date.now() - t0 < 4000, `the stop checkpoint took ${Date.now() - t0} ms`);
+  const r1 = await withTimeout(run.exited, 30_000, 'crest run after the stop');
+  assert.equal(r1.code, 75, describeResult('crest run', r1));
+
+  fs.writeFileSync(path.join(work, 'go'), '');
+  const r2 = await withTimeout(spawnCrest(['run', '--checkpoint-dir', dir, '--compress', '--', ...argv]).exited, 60_000, 'the resume');
+  assertOk(r2, 'the resumed multi-threaded job');
+  assert.match(r2.stderr, /resuming from ckpt-0002/);
+  assert.match(r2.stdout, /PASS threads_mem/);
+});
