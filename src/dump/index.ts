@@ -21,6 +21,7 @@ import { vdsoSizes } from '../kinds/memory.js';
 import { openPageTracking, parentRef, type PageTrackingOptions } from '../kinds/pagetrack.js';
 import { CREST_VERSION } from '../version.js';
 import { StageRunner } from '../stages.js';
+import { faultArg } from '../fault.js';
 
 export interface DumpOptions {
   /** A host PID of the job (any of its processes, or its init). */
@@ -260,7 +261,6 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           for (const th of threads) {
             th.restoreOriginal();
             th.detach();
-            requeueCaught(th);
           }
         }
       }
@@ -351,8 +351,14 @@ function freeze(pid: number): Thread[] {
           threads.set(tid, Thread.seize(tid));
           added = true;
         } catch (e) {
-          if (isErrno(e, 'ESRCH') && tid !== pid) continue; // the thread exited meanwhile
+          // A thread that exited before or while we seized it is gone: list the threads again.
+          const gone = isErrno(e, 'ESRCH') || (e instanceof CrestError && e.code === 'TASK_GONE');
+          if (gone && tid !== pid) {
+            added = true;
+            continue;
+          }
           if (isErrno(e, 'ESRCH')) throw new CrestError('NO_SUCH_PROCESS', `pid ${pid} exited before it could be frozen`, { cause: e });
+          if (gone) throw new CrestError('PROCESS_VANISHED', `pid ${pid}: its main thread ended while being frozen (${(e as Error).message}); no image was written`, { cause: e });
           if (isErrno(e, 'EPERM')) {
             throw new CrestError('PTRACE_DENIED', `the kernel refused to trace pid ${pid} (EPERM): it may be privileged, non-dumpable or already traced`, { cause: e });
           }
@@ -397,16 +403,26 @@ function injectionWindow(ctx: DumpContext): void {
   );
   ctx.scratch = scratch;
   ctx.mem = new ScratchAllocator(t, scratch, SCRATCH_SIZE);
+  // Each thread's window ends as soon as that thread is done: should crest
+  // die in here, at most the thread being read (and the main thread while
+  // the process-wide part runs) holds borrowed registers. A scratch area
+  // left behind is only a leaked anonymous mapping.
+  const fault = faultArg('kill-after-thread-window');
   try {
     for (const k of KINDS) {
       ctx.mem.reset();
       k.dumpInjected?.(ctx);
-      for (const slot of ctx.threads) {
+    }
+    ctx.threads.forEach((slot, i) => {
+      for (const k of KINDS) {
         ctx.mem.reset();
         k.dumpThreadInjected?.(ctx, slot);
       }
-    }
+      slot.thread.endInjection();
+      if (fault !== null && i === Number(fault)) process.kill(process.pid, 'SIGKILL');
+    });
   } finally {
+    // The main thread, borrowed once more for the unmap (or still borrowed after a failure).
     t.syscallRaw(SYS.munmap, scratch, SCRATCH_SIZE);
     ctx.scratch = 0;
     for (const slot of ctx.threads) slot.thread.endInjection();
@@ -431,15 +447,4 @@ function nsOf(ctx: DumpContext, hostId: number): number {
     /* outside or gone */
   }
   return 0;
-}
-
-/** Signals we took out of the way while freezing go back to the running process. */
-function requeueCaught(t: Thread): void {
-  for (const si of t.caughtSignals) {
-    try {
-      native().tgkill(t.tid, t.tid, si.readInt32LE(0));
-    } catch {
-      /* gone */
-    }
-  }
 }

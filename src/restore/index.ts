@@ -252,7 +252,7 @@ const THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
 function seizeParked(pid: number): Thread {
   const PAUSE = 34n;
   for (let tries = 0; ; tries++) {
-    const t = Thread.seize(pid, { exitKill: true, traceClone: true });
+    const t = Thread.seize(pid, { exitKill: true, traceClone: true, holdSignals: true });
     if (t.origRegs[15] === PAUSE || tries >= 500) return t;
     t.release();
     sleepMs(2);
@@ -265,7 +265,7 @@ function seizeMadeThreads(proc: ProcessImage, husks: Husks, held: Thread[]): Map
   for (const img of proc.threads.slice(1)) {
     const host = husks.threads.get(img.tid);
     if (host === undefined) continue;
-    const th = Thread.seize(host, { exitKill: true });
+    const th = Thread.seize(host, { exitKill: true, holdSignals: true });
     held.push(th);
     out.set(img.tid, th);
   }

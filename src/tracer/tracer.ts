@@ -7,6 +7,7 @@ import { native } from '../sys/native.js';
 import { CrestError, SyscallError, errnoName } from '../sys/errors.js';
 import { NT, PTRACE_EVENT_CLONE, PTRACE_EVENT_STOP, SIG, WNOHANG, __WALL } from '../sys/constants.js';
 import { REG_NAMES, type RegName, type Regs } from '../image/schema.js';
+import { faultArg, stall } from '../fault.js';
 
 /** Index of each register in struct user_regs_struct. */
 export const REG: Record<RegName, number> = Object.fromEntries(
@@ -109,12 +110,21 @@ export class Thread {
 
   /**
    * PTRACE_SEIZE + PTRACE_INTERRUPT, then wait for the interrupt stop.
-   * A signal arriving meanwhile shows up as a signal-delivery stop first; it
-   * is taken out of the way (kept in caughtSignals) and the wait goes on.
+   * A signal arriving meanwhile shows up as a signal-delivery stop first.
+   * By default it is delivered, as CRIU does: the kernel sets up the
+   * handler's frame (or takes the default action) with the original
+   * siginfo, and the pending interrupt then stops the task before the
+   * handler's first instruction. Taking it out of the way and sending it
+   * again later would lose its value and its place in the queue (an
+   * rt signal queued meanwhile would overtake it). `holdSignals` (husks,
+   * whose signals mean nothing) keeps it in caughtSignals instead.
    */
-  static seize(tid: number, opts: { exitKill?: boolean; traceClone?: boolean; timeoutMs?: number } = {}): Thread {
+  static seize(tid: number, opts: { exitKill?: boolean; traceClone?: boolean; timeoutMs?: number; holdSignals?: boolean } = {}): Thread {
     const n = native();
     n.ptraceSeize(tid, (opts.exitKill ? 0x100000 : 0) | (opts.traceClone ? 8 : 0));
+    // Tests widen the moment between seizing and stopping, where a thread may exit.
+    const stallMs = faultArg('stall-in-seize');
+    if (stallMs !== null) stall(Number(stallMs));
     const caught: Buffer[] = [];
     try {
       n.ptraceInterrupt(tid);
@@ -131,10 +141,14 @@ export class Thread {
             `task ${tid} is stopped by signal ${st.signal}; resume it (kill -CONT) before checkpointing`,
           );
         }
-        // Signal-delivery stop: keep the signal for later and suppress it now;
-        // the pending interrupt then stops the task right away.
-        caught.push(n.ptraceGetSiginfo(tid));
-        n.ptraceCont(tid, 0);
+        // Signal-delivery stop: deliver it (or, for husks, keep it for later
+        // and suppress it); the pending interrupt then stops the task.
+        if (opts.holdSignals) {
+          caught.push(n.ptraceGetSiginfo(tid));
+          n.ptraceCont(tid, 0);
+        } else {
+          n.ptraceCont(tid, st.signal);
+        }
       }
       const regs = n.ptraceGetRegs(tid);
       const mask = n.ptraceGetSigmask(tid);
@@ -276,8 +290,13 @@ export class Thread {
    * running a single user instruction.
    */
   endInjection(): void {
-    this.restoreOriginal();
+    if (!this.injecting) return;
     const n = native();
+    // Every signal stays blocked during that resume, so none is dequeued
+    // (a signal delivered now would run against registers that are about
+    // to be replaced); the task's own mask goes back once it is stopped.
+    n.ptraceSetSigmask(this.tid, ~0n & 0xffffffffffffffffn);
+    n.ptraceSetRegs(this.tid, this.origRegs);
     n.ptraceInterrupt(this.tid);
     n.ptraceCont(this.tid, 0);
     for (;;) {
@@ -286,10 +305,10 @@ export class Thread {
         throw new CrestError('TASK_GONE', `task ${this.tid} ended while being frozen (${describeStatus(st)})`);
       }
       if (st.event === PTRACE_EVENT_STOP) break;
-      // A signal that arrived meanwhile: keep it for the image / for re-delivery.
-      this.caughtSignals.push(n.ptraceGetSiginfo(this.tid));
+      // Only a stop no mask holds back can come here: let it go by.
       n.ptraceCont(this.tid, 0);
     }
+    this.restoreOriginal();
   }
 
   /** Installs final registers and mask (restore), leaving the thread stopped. */
