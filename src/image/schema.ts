@@ -140,6 +140,18 @@ export const ThreadSchema = v.strictObject({
   clearChildTid: hex64,
   /** The thread's name (/proc/PID/task/TID/comm). */
   comm: v.optional(v.string()),
+  /** Per-thread scheduling attributes (kinds/sched.ts); absent in images of older crests. */
+  sched: v.optional(
+    v.strictObject({
+      nice: v.pipe(int, v.minValue(-20), v.maxValue(19)),
+      /** SCHED_OTHER 0, FIFO 1, RR 2, BATCH 3, IDLE 5 (DEADLINE is refused at dump). */
+      policy: v.picklist([0, 1, 2, 3, 5]),
+      rtPriority: v.pipe(int, v.minValue(0), v.maxValue(99)),
+      timerSlackNs: u,
+      /** CPU affinity as a CPU list ("0-3,8"). */
+      cpus: v.pipe(v.string(), v.regex(/^\d+(-\d+)?(,\d+(-\d+)?)*$/)),
+    }),
+  ),
 });
 
 /** What PR_SET_MM_MAP restores, plus brk, read from /proc/PID/stat and auxv. */

@@ -93,11 +93,15 @@ export const processAttrs: Kind = {
       t.writeMem(lim, b);
       t.syscall('prlimit64', `set limit ${RLIMIT_NAMES[r] ?? r}`, SYS.prlimit64, 0, r, lim, 0);
     }
-    try {
-      t.syscall('setpriority', 'set nice value', SYS.setpriority, 0, 0, p.nice);
-    } catch (e) {
-      if (!isErrno(e, 'EACCES') && !isErrno(e, 'EPERM')) throw e;
-      ctx.warnings.push(`nice value ${p.nice} needs a privilege you lack; the process keeps the default`);
+    // With per-thread values (kinds/sched.ts) each thread sets its own once it
+    // exists: one set here first would be inherited, and lowering it needs a privilege.
+    if (p.threads[0]?.sched === undefined) {
+      try {
+        t.syscall('setpriority', 'set nice value', SYS.setpriority, 0, 0, p.nice);
+      } catch (e) {
+        if (!isErrno(e, 'EACCES') && !isErrno(e, 'EPERM')) throw e;
+        ctx.warnings.push(`nice value ${p.nice} needs a privilege you lack; the process keeps the default`);
+      }
     }
     if (p.prctl) {
       const c = p.prctl;

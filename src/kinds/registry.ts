@@ -7,10 +7,11 @@ import { memory } from './memory.js';
 import { mm } from './mm.js';
 import { processAttrs } from './process.js';
 import { registers } from './registers.js';
+import { sched } from './sched.js';
 import { signals } from './signals.js';
 import { threadState } from './threadstate.js';
 
-export const KINDS: readonly Kind[] = [creds, processAttrs, mm, files, signals, threadState, registers, memory];
+export const KINDS: readonly Kind[] = [creds, processAttrs, mm, files, signals, threadState, sched, registers, memory];
 
 /** A kind by name; an unknown name is a programming error, refused loudly. */
 export function kind(name: string): Kind {

@@ -217,13 +217,14 @@ async function restoreProcess(
   // (userns; in the cap and cycle modes the helper made them already).
   const threads = runner.run(`threads${tag}`, () => createThreads(ctx, held, made));
   // Per-thread state (alternate stack, queued signals, rseq, robust list,
-  // tid address, name), then each thread drops its capabilities (per thread in Linux).
+  // tid address, name, scheduling attributes), then each thread drops its capabilities (per thread in Linux).
   runner.run(`thread-state${tag}`, () => {
     for (const img of proc.threads) {
       const th = threads.get(img.tid)!;
       ctx.mem.reset();
       kind('signals').restoreThread!(ctx, th, img);
       kind('thread-state').restoreThread!(ctx, th, img);
+      kind('sched').restoreThread!(ctx, th, img);
     }
   });
   runner.run(`creds${tag}`, () => {

@@ -204,10 +204,13 @@ describe('round trips', () => {
     await checkRoundTrip('threads_churn');
   });
 
-  // Linux keeps these per thread; crest captures the main thread's (as the
-  // process's) and every restored thread inherits them from it.
-  test('threads_attrs: per-thread nice value, timer slack and CPU affinity', { timeout: TIMEOUT, todo: 'engine gap: per-thread nice, timer slack and CPU affinity are not captured' }, async () => {
-    await checkRoundTrip('threads_attrs');
+  // Linux keeps these per thread (kinds/sched.ts captures each thread's).
+  test('threads_attrs: per-thread nice value, timer slack, scheduling policy and CPU affinity', { timeout: TIMEOUT }, async () => {
+    const rt = await checkRoundTrip('threads_attrs');
+    const img = imageThreads(rt.imageDir) as Array<ImageThread & { sched?: { nice: number; policy: number; timerSlackNs: number } }>;
+    assert.deepEqual(img.map((t) => t.sched?.nice).sort(), [0, 3, 6, 9]);
+    assert.deepEqual(img.slice(1).map((t) => t.sched?.timerSlackNs).sort(), [100_000, 200_000, 300_000]);
+    assert.deepEqual(img.map((t) => t.sched?.policy).sort(), [0, 0, 0, 3]);
   });
 
   test('threads_forker: a process tree whose parent has 4 threads', { timeout: TIMEOUT }, async () => {

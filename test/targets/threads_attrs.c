@@ -3,9 +3,10 @@
  * each set their own before ready: a nice value (setpriority on their TID:
  * 3, 6 and 9, raising it needs no privilege), a timer slack
  * (PR_SET_TIMERSLACK: 100, 200 and 300 us) and a CPU affinity (the CPU
- * numbered i modulo the CPUs this process may use); the main thread keeps
- * nice 0, the default slack and every CPU. After go each thread checks its
- * own three values.
+ * numbered i modulo the CPUs this process may use); the last one also runs
+ * under SCHED_BATCH (no privilege needed). The main thread keeps nice 0,
+ * the default slack, SCHED_OTHER and every CPU. After go each thread checks
+ * its own four values.
  */
 #define TARGET_NAME "threads_attrs"
 #include "threads_common.h"
@@ -13,12 +14,13 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
-static const char *const KEYS[] = {"nice", "slack", "affinity", NULL};
+static const char *const KEYS[] = {"nice", "slack", "affinity", "policy", NULL};
 
 #define NW 3
 
 struct attrs {
     int nice;
+    int policy;
     long slack;
     cpu_set_t cpus;
 };
@@ -32,6 +34,7 @@ static void read_attrs(struct attrs *a)
     errno = 0;
     a->nice = getpriority(PRIO_PROCESS, (id_t)kernel_tid());
     a->slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+    a->policy = sched_getscheduler(0);
     CPU_ZERO(&a->cpus);
     sched_getaffinity(0, sizeof a->cpus, &a->cpus);
 }
@@ -43,6 +46,8 @@ static void check(const char *who, int idx)
     if (sabotage("nice") && idx == 1) now.nice++;
     if (sabotage("slack") && idx == 2) now.slack++;
     if (sabotage("affinity") && idx == 0) CPU_XOR(&now.cpus, &now.cpus, &now.cpus);
+    if (sabotage("policy") && idx == NW - 1) now.policy = SCHED_OTHER;
+    TCHECK("policy", now.policy == want[idx].policy, "%s: scheduling policy %d, was %d", who, now.policy, want[idx].policy);
     TCHECK("nice", now.nice == want[idx].nice, "%s: nice %d, was %d", who, now.nice, want[idx].nice);
     TCHECK("slack", now.slack == want[idx].slack, "%s: timer slack %ld ns, was %ld", who, now.slack, want[idx].slack);
     TCHECK("affinity", CPU_EQUAL(&now.cpus, &want[idx].cpus), "%s: CPU affinity of %d CPUs (first %d), was %d CPUs (first %d)", who,
@@ -63,6 +68,8 @@ static void *worker(void *arg)
     CPU_ZERO(&one);
     CPU_SET(cpu, &one);
     if (sched_setaffinity(0, sizeof one, &one) != 0) DIE_ERRNO("sched_setaffinity");
+    struct sched_param sp = {0};
+    if (i == NW - 1 && sched_setscheduler(0, SCHED_BATCH, &sp) != 0) DIE_ERRNO("sched_setscheduler");
     read_attrs(&want[i]);
     set_done[i] = 1;
     while (!go_seen) sleep_ms(10);
