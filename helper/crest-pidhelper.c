@@ -1,17 +1,23 @@
 /*
- * crest-pidhelper: makes one process ("husk") with a chosen PID, and threads
- * in it with chosen TIDs, for the caller, in the caller's own pid namespace.
+ * crest-pidhelper: makes processes ("husks") with chosen PIDs - one, or a
+ * tree of them - and threads in them with chosen TIDs, for the caller, in
+ * the caller's own pid namespace.
  * crest then seizes the husk with ptrace and rebuilds a checkpointed process
  * in it. This is the program an administrator may grant
  * CAP_CHECKPOINT_RESTORE to (`setcap cap_checkpoint_restore+ep`), so that
  * ordinary users get their processes back with their original PIDs. It is
  * meant to be read in one sitting; docs/security.md is its threat model.
  *
- *   crest-pidhelper husk  --ctl FD --pid P [--tid T ...]
+ *   crest-pidhelper husk  --ctl FD --pid P [--tid T ...] [--pid C:PARENT [--tid T ...]] ...
  *       clone3 with set_tid: needs CAP_CHECKPOINT_RESTORE.
- *   crest-pidhelper cycle --ctl FD --pid P [--tid T ...] [--within MS]
+ *   crest-pidhelper cycle --ctl FD --pid P [--tid T ...] [--pid C:PARENT ...] [--within MS]
  *       no privilege: drops every capability first, then uses up IDs until
  *       the kernel's counter hands out the wanted one (bounded by MS).
+ *   The first --pid is the top of the tree (the outer's child); each later
+ *   one names its parent, an earlier --pid, whose husk creates it. A --tid
+ *   is a thread of the --pid before it; --setsid makes the husk of the
+ *   --pid before it lead a new session before it creates its children (so
+ *   that they are in it, as they were).
  *   crest-pidhelper probe
  *   crest-pidhelper --help
  *
@@ -25,13 +31,17 @@
  *          husk, drops every capability it holds, reports on the ctl fd,
  *          then only waits for the husk, forwards signals to it and mirrors
  *          its end (like crest-helper's outer).
- *   husk   the child: creates the threads (each drops its capabilities
- *          before anything else), drops its own, becomes dumpable again
- *          (an exec with file capabilities made it non-dumpable), closes
- *          every fd but 0-2 and parks in pause().
+ *   husk   the child: dies with its parent until crest takes it over
+ *          (PR_SET_PDEATHSIG; crest sets the process's own back), creates
+ *          its threads (each drops its capabilities before anything else),
+ *          then its child husks (each does all of this for its subtree and
+ *          reports), drops its own, becomes dumpable again (an exec
+ *          with file capabilities made it non-dumpable), closes every fd
+ *          but 0-2 and parks in pause(). A husk that fails kills the
+ *          children it made.
  *
  * ctl lines (outer -> crest), see helper/README.md:
- *   husk <pid>                 the husk exists with PID pid
+ *   husk <pid>                 one per --pid, in order: the husk exists
  *   thread <tid>               one per --tid, in order
  *   cycled <count> <usec>      cycle: IDs used up, and how long it took
  *   ready                      all of it exists; nothing holds a capability
@@ -79,17 +89,19 @@
 #define MIN_ID 300
 #define MAX_ID 4194304 /* PID_MAX_LIMIT */
 #define MAX_TIDS 4096
+#define MAX_PROCS 512
 #define CAP_CR 40 /* CAP_CHECKPOINT_RESTORE */
 #define THREAD_STACK (64 * 1024)
 #define DEFAULT_WITHIN_MS 30000
 #define MAX_WITHIN_MS 600000
 
 static const char usage_text[] =
-    "usage: crest-pidhelper husk  --ctl FD --pid PID [--tid TID ...]\n"
-    "       crest-pidhelper cycle --ctl FD --pid PID [--tid TID ...] [--within MS]\n"
+    "usage: crest-pidhelper husk  --ctl FD --pid PID [--setsid] [--tid TID ...] [--pid PID:PARENT [--setsid] [--tid TID ...] ...]\n"
+    "       crest-pidhelper cycle --ctl FD --pid PID [--setsid] [--tid TID ...] [--pid PID:PARENT ...] [--within MS]\n"
     "       crest-pidhelper probe\n"
     "       crest-pidhelper --help\n"
-    "PID and TIDs: distinct, 300..4194304. FD: an open writable fd >= 3.\n";
+    "PID and TIDs: distinct, 300..4194304; a --tid belongs to the --pid before it; PARENT is an\n"
+    "earlier --pid. At most 512 --pid and 4096 --tid. FD: an open writable fd >= 3.\n";
 
 /* ---- raw system calls --------------------------------------------------
    Threads made here share the main thread's TLS (no CLONE_SETTLS), so code
@@ -443,8 +455,19 @@ static int set_all_signals(void (*handler)(int, siginfo_t *, void *))
 
 /* ---- the request -------------------------------------------------------- */
 
-struct request {
+/* One process of the tree: its PID, its parent's (0 for the top), and its
+   threads' TIDs, tids[first .. first+ntids) of the request. */
+struct proc {
 	pid_t pid;
+	pid_t ppid;
+	int first;
+	int ntids;
+	int setsid; /* leads a new session, made before its children */
+};
+
+struct request {
+	struct proc procs[MAX_PROCS];
+	int nprocs;
 	pid_t tids[MAX_TIDS];
 	int ntids;
 	int ctl;
@@ -483,15 +506,58 @@ static int parse_ctl(const char *s)
 	return (int)v;
 }
 
+/* "--pid P" (the first) or "--pid P:PARENT" (every later one). */
+static void parse_proc(struct request *rq, const char *s)
+{
+	char buf[32];
+	const char *colon = strchr(s, ':');
+	struct proc *p;
+
+	if (rq->nprocs == MAX_PROCS)
+		usage_error("more than %d --pid", MAX_PROCS);
+	p = &rq->procs[rq->nprocs];
+	p->first = rq->ntids;
+	p->ntids = 0;
+	p->ppid = 0;
+	p->setsid = 0;
+	if (!colon) {
+		if (rq->nprocs > 0)
+			usage_error("--pid %s: every --pid after the first names its parent (--pid PID:PARENT)", s);
+		p->pid = parse_id("--pid", s);
+	} else {
+		if (rq->nprocs == 0)
+			usage_error("--pid %s: the first --pid is the top of the tree and has no parent here", s);
+		if ((size_t)(colon - s) >= sizeof buf)
+			usage_error("--pid '%s': not a decimal number", s);
+		memcpy(buf, s, (size_t)(colon - s));
+		buf[colon - s] = '\0';
+		p->pid = parse_id("--pid", buf);
+		p->ppid = parse_id("--pid PARENT", colon + 1);
+		int found = 0;
+		for (int i = 0; i < rq->nprocs; i++)
+			found |= rq->procs[i].pid == p->ppid;
+		if (!found)
+			usage_error("--pid %s: parent %d is not an earlier --pid", s, (int)p->ppid);
+	}
+	rq->nprocs++;
+}
+
 static void parse_request(int argc, char **argv, struct request *rq)
 {
 	const char *verb = argv[1];
-	int have_pid = 0;
 
 	rq->ctl = -1;
 	rq->within_ms = -1;
 	for (int i = 2; i < argc; i++) {
 		const char *opt = argv[i];
+		if (strcmp(opt, "--setsid") == 0) {
+			if (rq->nprocs == 0)
+				usage_error("%s: --setsid before any --pid (it is about the --pid before it)", verb);
+			if (rq->procs[rq->nprocs - 1].setsid)
+				usage_error("%s: --setsid given twice for --pid %d", verb, (int)rq->procs[rq->nprocs - 1].pid);
+			rq->procs[rq->nprocs - 1].setsid = 1;
+			continue;
+		}
 		if (strcmp(opt, "--ctl") != 0 && strcmp(opt, "--pid") != 0 && strcmp(opt, "--tid") != 0 &&
 		    strcmp(opt, "--within") != 0)
 			usage_error("%s: unexpected argument '%s'", verb, opt);
@@ -502,14 +568,14 @@ static void parse_request(int argc, char **argv, struct request *rq)
 				usage_error("%s: --ctl given twice", verb);
 			rq->ctl = parse_ctl(argv[i]);
 		} else if (strcmp(opt, "--pid") == 0) {
-			if (have_pid)
-				usage_error("%s: --pid given twice", verb);
-			rq->pid = parse_id("--pid", argv[i]);
-			have_pid = 1;
+			parse_proc(rq, argv[i]);
 		} else if (strcmp(opt, "--tid") == 0) {
+			if (rq->nprocs == 0)
+				usage_error("%s: --tid %s before any --pid (a --tid is a thread of the --pid before it)", verb, argv[i]);
 			if (rq->ntids == MAX_TIDS)
 				usage_error("%s: more than %d --tid", verb, MAX_TIDS);
 			rq->tids[rq->ntids++] = parse_id("--tid", argv[i]);
+			rq->procs[rq->nprocs - 1].ntids++;
 		} else {
 			long v;
 			if (!rq->cycle)
@@ -523,11 +589,16 @@ static void parse_request(int argc, char **argv, struct request *rq)
 	}
 	if (rq->ctl < 0)
 		usage_error("%s: --ctl FD is required", verb);
-	if (!have_pid)
+	if (rq->nprocs == 0)
 		usage_error("%s: --pid PID is required", verb);
+	for (int i = 0; i < rq->nprocs; i++)
+		for (int j = 0; j < i; j++)
+			if (rq->procs[j].pid == rq->procs[i].pid)
+				usage_error("--pid %d: given twice", (int)rq->procs[i].pid);
 	for (int i = 0; i < rq->ntids; i++) {
-		if (rq->tids[i] == rq->pid)
-			usage_error("--tid %d: the same as --pid (the main thread's TID is its PID)", (int)rq->tids[i]);
+		for (int k = 0; k < rq->nprocs; k++)
+			if (rq->tids[i] == rq->procs[k].pid)
+				usage_error("--tid %d: the same as a --pid (a main thread's TID is its PID)", (int)rq->tids[i]);
 		for (int j = 0; j < i; j++)
 			if (rq->tids[j] == rq->tids[i])
 				usage_error("--tid %d: given twice", (int)rq->tids[i]);
@@ -829,54 +900,6 @@ static int make_thread(pid_t tid, struct cycling *cycle)
 
 /* ---- the husk ------------------------------------------------------------- */
 
-static _Noreturn void husk_fail(int up, pid_t id, int err)
-{
-	struct msg m = { MSG_ERROR, id, err, 0, 0, 0 };
-
-	(void)write_all(up, &m, sizeof m);
-	_exit(EXIT_SETUP);
-}
-
-/* The husk's life: threads, then no capability anywhere, then dumpable
-   (the caller's crest must be able to trace it), fds 0-2 only, parked.
-   Every signal stays blocked until the very end. */
-static _Noreturn void husk_main(const struct request *rq, int up, struct cycling *cycle)
-{
-	struct msg m = { MSG_READY, 0, 0, 0, 0, 0 };
-	long r;
-
-	if (cycle)
-		cycle->count = 0; /* the outer counted what it used up before the fork */
-	if (set_all_signals(NULL) < 0)
-		husk_fail(up, rq->pid, errno);
-	for (int i = 0; i < rq->ntids; i++)
-		if (make_thread(rq->tids[i], cycle) < 0)
-			husk_fail(up, rq->tids[i], errno);
-	if (cycle && await_threads(1 + rq->ntids) < 0)
-		husk_fail(up, rq->pid, errno);
-	r = drop_all_caps();
-	if (r < 0)
-		husk_fail(up, rq->pid, (int)-r);
-	/* Only now, with no capability left in any thread, may the caller
-	   trace us (and so run code in us). */
-	if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
-		husk_fail(up, rq->pid, errno);
-	if (cycle)
-		m.count = cycle->count;
-	if (unblock_all() < 0)
-		husk_fail(up, rq->pid, errno);
-	if (write_all(up, &m, sizeof m) < 0)
-		_exit(EXIT_SETUP);
-	/* Closing the pipe tells the outer we are about to park; it reports
-	   "ready" once /proc shows every thread in pause(). */
-	if (close_range(3, ~0U, 0) < 0)
-		_exit(EXIT_SETUP);
-	for (;;)
-		pause();
-}
-
-/* ---- outer ----------------------------------------------------------------- */
-
 /* clone3 with fork semantics; set_tid 0 = any PID. */
 static pid_t clone3_pid(pid_t set_tid)
 {
@@ -891,6 +914,157 @@ static pid_t clone3_pid(pid_t set_tid)
 	}
 	return (pid_t)syscall(SYS_clone3, &args, sizeof args);
 }
+
+static _Noreturn void husk_main(const struct request *rq, int idx, int up, struct cycling *cycle);
+
+/* The process creating a husk: the husk checks it is still its parent. */
+static pid_t husk_parent;
+
+/* Creates the husk of procs[idx] as a child of the caller: set_tid, or
+   cycling until the counter hands out its PID (a child that got another
+   one exits at once). Returns its PID with *rd the read end of its report
+   pipe, or -1/errno. */
+static pid_t start_husk(const struct request *rq, int idx, struct cycling *cycle, int *rd)
+{
+	pid_t want = rq->procs[idx].pid, husk;
+	int p[2], st, err;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -1;
+	husk_parent = getpid();
+	for (;;) {
+		if (cycle && cycle_to(cycle, want) < 0) {
+			husk = -1;
+			break;
+		}
+		husk = clone3_pid(cycle ? 0 : want);
+		if (husk == 0) {
+			if (cycle && getpid() != want)
+				_exit(0);
+			close(p[0]);
+			husk_main(rq, idx, p[1], cycle);
+		}
+		if (husk < 0 || !cycle)
+			break;
+		cycle->count++;
+		if (husk == want)
+			break;
+		wait_for(husk, &st);
+	}
+	err = errno;
+	close(p[1]);
+	if (husk < 0) {
+		close(p[0]);
+		errno = err;
+		return -1;
+	}
+	*rd = p[0];
+	return husk;
+}
+
+/* Reads the report of husk procs[idx] (and its subtree) from rd, which it
+   closes: 0 with *m its MSG_READY, or -1 with m->id, m->err saying what
+   failed (ECHILD: it died before reporting). */
+static int await_husk(const struct request *rq, int idx, int rd, struct msg *m)
+{
+	ssize_t n = read_full(rd, m, sizeof *m);
+
+	close(rd);
+	if (n == (ssize_t)sizeof *m && m->kind == MSG_READY)
+		return 0;
+	if (n != (ssize_t)sizeof *m) {
+		m->kind = MSG_ERROR;
+		m->id = rq->procs[idx].pid;
+		m->err = ECHILD;
+	}
+	return -1;
+}
+
+static void kill_husks(const pid_t *pids, int n)
+{
+	int st;
+
+	for (int i = 0; i < n; i++) {
+		kill(pids[i], SIGKILL);
+		wait_for(pids[i], &st);
+	}
+}
+
+static _Noreturn void husk_fail(int up, pid_t id, int err, const pid_t *kids, int nkids)
+{
+	struct msg m = { MSG_ERROR, id, err, 0, 0, 0 };
+
+	kill_husks(kids, nkids);
+	(void)write_all(up, &m, sizeof m);
+	_exit(EXIT_SETUP);
+}
+
+/* The life of the husk of procs[idx]: its threads, its child husks (each
+   reports once its whole subtree exists), then no capability anywhere,
+   then dumpable (the caller's crest must be able to trace it), fds 0-2
+   only, parked. Every signal stays blocked until the very end. */
+static _Noreturn void husk_main(const struct request *rq, int idx, int up, struct cycling *cycle)
+{
+	const struct proc *me = &rq->procs[idx];
+	struct msg m = { MSG_READY, 0, 0, 0, 0, 0 }, km;
+	pid_t kids[MAX_PROCS] = { 0 };
+	int nkids = 0;
+	int64_t kid_count = 0;
+	long r;
+
+	/* Until crest takes it over, a husk goes with its parent: nothing of
+	   a failed restore stays parked. crest sets the process's own
+	   parent-death signal back (kinds/process.ts). */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != husk_parent)
+		_exit(EXIT_SETUP);
+	if (cycle)
+		cycle->count = 0; /* the parent counted what it used up before the fork */
+	if (set_all_signals(NULL) < 0)
+		husk_fail(up, me->pid, errno, kids, nkids);
+	if (me->setsid && setsid() < 0)
+		husk_fail(up, me->pid, errno, kids, nkids);
+	/* Threads before children: a process usually made its threads before
+	   it forked, so their IDs come first in the counter's order, and
+	   cycling reaches each ID without going round again. */
+	for (int i = 0; i < me->ntids; i++)
+		if (make_thread(rq->tids[me->first + i], cycle) < 0)
+			husk_fail(up, rq->tids[me->first + i], errno, kids, nkids);
+	for (int j = idx + 1; j < rq->nprocs; j++) {
+		int rd;
+		if (rq->procs[j].ppid != me->pid)
+			continue;
+		pid_t kid = start_husk(rq, j, cycle, &rd);
+		if (kid < 0)
+			husk_fail(up, rq->procs[j].pid, errno, kids, nkids);
+		kids[nkids++] = kid;
+		if (await_husk(rq, j, rd, &km) < 0)
+			husk_fail(up, km.id, km.err, kids, nkids);
+		kid_count += km.count;
+	}
+	if (cycle && await_threads(1 + me->ntids) < 0)
+		husk_fail(up, me->pid, errno, kids, nkids);
+	r = drop_all_caps();
+	if (r < 0)
+		husk_fail(up, me->pid, (int)-r, kids, nkids);
+	/* Only now, with no capability left in any thread, may the caller
+	   trace us (and so run code in us). */
+	if (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0)
+		husk_fail(up, me->pid, errno, kids, nkids);
+	if (cycle)
+		m.count = cycle->count + kid_count;
+	if (unblock_all() < 0)
+		husk_fail(up, me->pid, errno, kids, nkids);
+	if (write_all(up, &m, sizeof m) < 0)
+		_exit(EXIT_SETUP);
+	/* Closing the pipe tells the parent we are about to park; the outer
+	   reports "ready" once /proc shows every thread of the tree in pause(). */
+	if (close_range(3, ~0U, 0) < 0)
+		_exit(EXIT_SETUP);
+	for (;;)
+		pause();
+}
+
+/* ---- outer ----------------------------------------------------------------- */
 
 /* Whether task `tid` of `pid` sits in pause() (/proc/PID/task/TID/syscall
    starts with its number, 34), so that crest finds it parked right after
@@ -913,16 +1087,20 @@ static int parked(pid_t pid, pid_t tid)
 	return strncmp(buf, "34 ", 3) == 0;
 }
 
-/* Waits (up to 5 s) until the husk and each of its threads is parked.
+/* Waits (up to 5 s) until every husk and each of its threads is parked.
    0, or -1/ETIMEDOUT. */
-static int await_parked(pid_t husk, const struct request *rq)
+static int await_parked(const struct request *rq)
 {
 	const struct timespec ms = { 0, 1000000 };
 
 	for (int round = 0; round < 5000; round++) {
-		int all = parked(husk, husk);
-		for (int i = 0; all && i < rq->ntids; i++)
-			all = parked(husk, rq->tids[i]);
+		int all = 1;
+		for (int k = 0; all && k < rq->nprocs; k++) {
+			const struct proc *p = &rq->procs[k];
+			all = parked(p->pid, p->pid);
+			for (int i = 0; all && i < p->ntids; i++)
+				all = parked(p->pid, rq->tids[p->first + i]);
+		}
 		if (all)
 			return 0;
 		nanosleep(&ms, NULL);
@@ -958,29 +1136,42 @@ static _Noreturn void mirror_status(int status)
 	_exit(EXIT_SETUP);
 }
 
-/* Creates the husk (with the outer's capability, if any), drops every
-   capability, reports, and waits for the husk's end. */
+/* Kills the tree: the top husk, our own child; every other husk dies with
+   its parent (PR_SET_PDEATHSIG). Never a kill by a PID of the request: that
+   PID may be someone else's process (it was taken). */
+static void kill_tree(pid_t top)
+{
+	int st;
+
+	kill(top, SIGKILL);
+	wait_for(top, &st);
+}
+
+/* Creates the top husk (with the outer's capability, if any; it creates
+   the rest of the tree), drops every capability, reports, and waits for
+   the top husk's end. */
 static int outer_main(struct request *rq)
 {
 	struct cycling cyc, *cycle = NULL;
-	int p[2], st;
+	int rd = -1, st;
 	pid_t husk;
 	struct msg m;
-	ssize_t n;
 	long r;
 	int64_t t0 = now_us();
+	const pid_t top = rq->procs[0].pid;
 
 	ctl_fd = rq->ctl;
 	if (block_all() < 0 || set_all_signals(forward_handler) < 0)
 		die("signal setup");
-	if (pipe2(p, O_CLOEXEC) < 0)
-		die("pipe");
 	if (rq->cycle) {
 		cyc.pid_max = read_pid_max();
 		cyc.deadline_us = t0 + (int64_t)rq->within_ms * 1000;
 		cyc.count = 0;
 		cycle = &cyc;
-		pid_t bad = rq->pid >= cyc.pid_max ? rq->pid : 0;
+		pid_t bad = 0;
+		for (int k = 0; k < rq->nprocs && !bad; k++)
+			if (rq->procs[k].pid >= cyc.pid_max)
+				bad = rq->procs[k].pid;
 		for (int i = 0; i < rq->ntids && !bad; i++)
 			if (rq->tids[i] >= cyc.pid_max)
 				bad = rq->tids[i];
@@ -990,60 +1181,38 @@ static int outer_main(struct request *rq)
 			return EXIT_SETUP;
 		}
 	}
-	for (;;) {
-		if (cycle && cycle_to(cycle, rq->pid) < 0) {
-			husk = -1;
-			break;
-		}
-		husk = clone3_pid(cycle ? 0 : rq->pid);
-		if (husk == 0) {
-			/* Cycling: a child that missed the PID goes at once. */
-			if (cycle && getpid() != rq->pid)
-				_exit(0);
-			close(p[0]);
-			husk_main(rq, p[1], cycle);
-		}
-		if (husk < 0 || !cycle)
-			break;
-		cycle->count++;
-		if (husk == rq->pid)
-			break;
-		wait_for(husk, &st);
-	}
+	husk = start_husk(rq, 0, cycle, &rd);
 	/* The outer needs no capability from here on. */
 	r = drop_all_caps();
 	if (husk < 0 || r < 0) {
 		int err = husk < 0 ? errno : (int)-r;
 		if (husk > 0) {
-			kill(husk, SIGKILL);
-			wait_for(husk, &st);
+			close(rd);
+			kill_tree(husk);
 		}
-		fprintf(stderr, "crest-pidhelper: cannot create process %d: %s\n", (int)rq->pid, strerror(err));
-		ctl_line("error %d %s\n", (int)rq->pid, errno_name(err));
+		fprintf(stderr, "crest-pidhelper: cannot create process %d: %s\n", (int)top, strerror(err));
+		ctl_line("error %d %s\n", (int)top, errno_name(err));
 		return EXIT_SETUP;
 	}
-	close(p[1]);
-	n = read_full(p[0], &m, sizeof m);
-	close(p[0]);
-	if (n != (ssize_t)sizeof m || m.kind != MSG_READY) {
-		pid_t id = n == (ssize_t)sizeof m ? m.id : rq->pid;
-		int err = n == (ssize_t)sizeof m ? m.err : ECHILD;
-		kill(husk, SIGKILL);
-		wait_for(husk, &st);
-		fprintf(stderr, "crest-pidhelper: cannot create %s %d: %s\n", id == rq->pid ? "process" : "thread",
-			(int)id, strerror(err));
-		ctl_line("error %d %s\n", (int)id, errno_name(err));
+	if (await_husk(rq, 0, rd, &m) < 0) {
+		int is_proc = 0;
+		for (int k = 0; k < rq->nprocs; k++)
+			is_proc |= rq->procs[k].pid == m.id;
+		kill_tree(husk);
+		fprintf(stderr, "crest-pidhelper: cannot create %s %d: %s\n", is_proc ? "process" : "thread", (int)m.id,
+			strerror(m.err));
+		ctl_line("error %d %s\n", (int)m.id, errno_name(m.err));
 		return EXIT_SETUP;
 	}
-	if (await_parked(husk, rq) < 0) {
+	if (await_parked(rq) < 0) {
 		int err = errno;
-		kill(husk, SIGKILL);
-		wait_for(husk, &st);
+		kill_tree(husk);
 		fprintf(stderr, "crest-pidhelper: process %d did not park: %s\n", (int)husk, strerror(err));
 		ctl_line("error %d %s\n", (int)husk, errno_name(err));
 		return EXIT_SETUP;
 	}
-	ctl_line("husk %d\n", (int)husk);
+	for (int k = 0; k < rq->nprocs; k++)
+		ctl_line("husk %d\n", (int)rq->procs[k].pid);
 	for (int i = 0; i < rq->ntids; i++)
 		ctl_line("thread %d\n", (int)rq->tids[i]);
 	if (cycle)
@@ -1140,7 +1309,7 @@ int main(int argc, char **argv)
 			fprintf(stderr,
 				"crest-pidhelper: it does not hold CAP_CHECKPOINT_RESTORE, so it cannot choose PIDs; an administrator grants it with: sudo setcap cap_checkpoint_restore+ep %s\n",
 				self);
-			ctl_line("error %d %s\n", (int)rq.pid, errno_name(EPERM));
+			ctl_line("error %d %s\n", (int)rq.procs[0].pid, errno_name(EPERM));
 			return EXIT_REFUSED;
 		}
 		pidns = check_pidns();
@@ -1148,7 +1317,7 @@ int main(int argc, char **argv)
 			fprintf(stderr,
 				"crest-pidhelper: refused: this process's pid namespace is not owned by its user namespace (%s); PIDs are chosen only where you live\n",
 				errno_name(pidns));
-			ctl_line("error %d %s\n", (int)rq.pid, errno_name(EPERM));
+			ctl_line("error %d %s\n", (int)rq.procs[0].pid, errno_name(EPERM));
 			return EXIT_REFUSED;
 		}
 	}

@@ -62,6 +62,7 @@ export const C_TARGETS = [
   'itimer_pending',
   'threads2',
   'forker',
+  'tree_mem',
   'sockfd',
   'threads_locks',
   'threads_blocked',

@@ -33,10 +33,14 @@ interface Running {
   done: Promise<Result>;
 }
 
-/** Starts `argv` (crest-pidhelper by default) with a pipe at fd 3 for the ctl lines. */
-function start(args: string[], prefix: string[] = [PIDHELPER]): Running {
+/**
+ * Starts `argv` (crest-pidhelper by default) with a pipe at fd 3 for the
+ * ctl lines; `leak` adds a pipe at fd 4 that nothing of the helper's should
+ * keep, `env` replaces the environment.
+ */
+function start(args: string[], prefix: string[] = [PIDHELPER], opts: { leak?: boolean; env?: NodeJS.ProcessEnv } = {}): Running {
   const argv = [...prefix, ...args];
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', 'pipe'] });
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe', 'pipe', ...(opts.leak ? (['pipe'] as const) : [])], env: opts.env ?? process.env });
   let out = '';
   let err = '';
   let ctl = '';
@@ -142,10 +146,22 @@ describe('crest-pidhelper: what it refuses', () => {
     ['--pid 0x400', ['husk', '--ctl', '3', '--pid', '0x400'], /--pid '0x400': not a decimal number/],
     ['--pid -5', ['husk', '--ctl', '3', '--pid', '-5'], /not a decimal number/],
     ['--pid " 500"', ['husk', '--ctl', '3', '--pid', ' 500'], /not a decimal number/],
-    ['--pid twice', ['husk', '--ctl', '3', '--pid', '1000', '--pid', '1001'], /--pid given twice/],
+    ['a second --pid without its parent', ['husk', '--ctl', '3', '--pid', '1000', '--pid', '1001'], /--pid 1001: every --pid after the first names its parent/],
+    ['the same --pid twice', ['husk', '--ctl', '3', '--pid', '1000', '--pid', '1000:1000'], /--pid 1000: given twice/],
+    ['the first --pid with a parent', ['husk', '--ctl', '3', '--pid', '1000:1001'], /the first --pid is the top of the tree/],
+    ['a parent that is not an earlier --pid', ['cycle', '--ctl', '3', '--pid', '1000', '--pid', '1001:1002', '--pid', '1002:1000'], /--pid 1001:1002: parent 1002 is not an earlier --pid/],
+    ['a malformed parent', ['husk', '--ctl', '3', '--pid', '1000', '--pid', '1001:x'], /--pid PARENT 'x': not a decimal number/],
+    ['a parent out of range', ['husk', '--ctl', '3', '--pid', '1000', '--pid', '1001:5'], /--pid PARENT 5: must be between 300/],
+    ['an empty parent', ['husk', '--ctl', '3', '--pid', '1000', '--pid', '1001:'], /--pid PARENT '': not a decimal number/],
+    ['a --tid before any --pid', ['husk', '--ctl', '3', '--tid', '1000', '--pid', '1001'], /--tid 1000 before any --pid/],
+    ['--setsid before any --pid', ['husk', '--ctl', '3', '--setsid', '--pid', '1000'], /--setsid before any --pid/],
+    ['--setsid twice', ['husk', '--ctl', '3', '--pid', '1000', '--setsid', '--setsid'], /--setsid given twice for --pid 1000/],
+    ['a --tid equal to another process\'s --pid', ['husk', '--ctl', '3', '--pid', '1000', '--pid', '1001:1000', '--tid', '1000'], /--tid 1000: the same as a --pid/],
+    ['513 processes', ['husk', '--ctl', '3', '--pid', '1000', ...Array.from({ length: 512 }, (_, i) => ['--pid', `${2000 + i}:1000`]).flat()], /more than 512 --pid/],
+    ['4097 threads', ['husk', '--ctl', '3', '--pid', '1000', ...Array.from({ length: 4097 }, (_, i) => ['--tid', String(10_000 + i)]).flat()], /more than 4096 --tid/],
     ['--tid out of range', ['husk', '--ctl', '3', '--pid', '1000', '--tid', '12'], /--tid 12: must be between 300/],
     ['duplicate --tid', ['husk', '--ctl', '3', '--pid', '1000', '--tid', '1001', '--tid', '1001'], /--tid 1001: given twice/],
-    ['--tid same as --pid', ['cycle', '--ctl', '3', '--pid', '1000', '--tid', '1000'], /--tid 1000: the same as --pid/],
+    ['--tid same as --pid', ['cycle', '--ctl', '3', '--pid', '1000', '--tid', '1000'], /--tid 1000: the same as a --pid/],
     ['--within for husk', ['husk', '--ctl', '3', '--pid', '1000', '--within', '100'], /--within is for cycle only/],
     ['--within 0', ['cycle', '--ctl', '3', '--pid', '1000', '--within', '0'], /--within '0': milliseconds/],
     ['a value missing', ['cycle', '--ctl', '3', '--pid'], /--pid needs a value/],
@@ -309,6 +325,56 @@ describe('crest-pidhelper: husks', () => {
     if (PID_MAX < 4194304) {
       r = await run(['husk', '--ctl', '3', '--pid', String(PID_MAX + 1)]);
       assert.equal(r.ctl, `error ${PID_MAX + 1} EINVAL\n`);
+    }
+  });
+
+  test('husk: a tree (a parent, a child leading its session, a grandchild), each with its IDs, parent and session; no inherited fd, LD_PRELOAD ignored; the tree dies with its top', { timeout: TIMEOUT }, async (t) => {
+    if (!capable) {
+      t.skip('crest-pidhelper does not hold CAP_CHECKPOINT_RESTORE here');
+      return;
+    }
+    const [top, topTid, kid, kidTid, grand] = freeIds(5) as [number, number, number, number, number];
+    const args = ['husk', '--ctl', '3', '--pid', String(top), '--tid', String(topTid), '--pid', `${kid}:${top}`, '--setsid', '--tid', String(kidTid), '--pid', `${grand}:${kid}`];
+    const h = start(args, [PIDHELPER], { leak: true, env: { ...process.env, LD_PRELOAD: '/nonexistent/crest-evil.so', LD_LIBRARY_PATH: '/nonexistent' } });
+    await h.waitCtl(/ready\n|error/);
+    assert.equal(h.ctl(), `husk ${top}\nhusk ${kid}\nhusk ${grand}\nthread ${topTid}\nthread ${kidTid}\nready\n`);
+    assertHusk(top, [topTid]);
+    assertHusk(kid, [kidTid]);
+    assertHusk(grand, []);
+    const ids = (pid: number): { ppid: number; sid: number } => {
+      const f = readFileSync(`/proc/${pid}/stat`, 'latin1').split(') ')[1]!.split(' ');
+      return { ppid: Number(f[1]), sid: Number(f[3]) };
+    };
+    assert.deepEqual(ids(top), { ppid: h.pid, sid: ids(h.pid).sid }, 'the top husk: the helper\'s child, in its session');
+    assert.deepEqual(ids(kid), { ppid: top, sid: kid }, 'the child: the top husk\'s child, leading its own session (--setsid)');
+    assert.deepEqual(ids(grand), { ppid: kid, sid: kid }, 'the grandchild: in the session its parent made before creating it');
+    assert.equal(h.ctl().includes('error'), false);
+    assert.doesNotMatch(h.ctl() + readFileSync(`/proc/${top}/status`, 'utf8'), /ld\.so|crest-evil/);
+    // The helper passes SIGTERM to the top husk; its children go with it (PR_SET_PDEATHSIG).
+    h.kill('SIGTERM');
+    const r = await h.done;
+    assert.equal(r.signal, 'SIGTERM');
+    assert.doesNotMatch(r.stderr, /ld\.so|crest-evil|ERROR/);
+    for (const pid of [top, kid, grand]) {
+      const end = Date.now() + 5000;
+      while (existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, 'latin1').includes(') Z') && Date.now() < end) await new Promise((res) => setTimeout(res, 20));
+      assert.ok(!existsSync(`/proc/${pid}`) || readFileSync(`/proc/${pid}/stat`, 'latin1').includes(') Z'), `husk ${pid} outlived the tree's top`);
+    }
+  });
+
+  test('husk: a tree whose child PID is taken: EEXIST naming it, and nothing of the tree is left', { timeout: TIMEOUT }, async (t) => {
+    if (!capable) {
+      t.skip('crest-pidhelper does not hold CAP_CHECKPOINT_RESTORE here');
+      return;
+    }
+    const [top, other] = freeIds(2) as [number, number];
+    const r = await run(['husk', '--ctl', '3', '--pid', String(top), '--pid', `${other}:${top}`, '--pid', `${process.pid}:${top}`]);
+    assert.equal(r.code, 3, JSON.stringify(r));
+    assert.equal(r.ctl, `error ${process.pid} EEXIST\n`);
+    assert.match(r.stderr, new RegExp(`cannot create process ${process.pid}: File exists`));
+    await new Promise((res) => setTimeout(res, 200));
+    for (const pid of [top, other]) {
+      assert.ok(!existsSync(`/proc/${pid}`) || !readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('crest-pidhelper'), `husk ${pid} was left behind`);
     }
   });
 

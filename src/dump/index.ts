@@ -69,7 +69,7 @@ interface Target {
   pid: number;
   /** Every process of the job (host PIDs), parents before children. */
   members: number[];
-  /** The job's init; null for a process outside any job (dumped alone, PID mode host). */
+  /** The job's init; null for a process outside any job (dumped with its descendants, PID mode host). */
   initPid: number | null;
   record: JobRecord | null;
 }
@@ -117,10 +117,11 @@ function resolveTarget(opts: DumpOptions): Target {
 }
 
 /**
- * A process outside any crest job: dumped alone, with its host PID and TIDs
- * (PID mode host), when crest-pidhelper can give them back (the cap or the
- * cycle mode). The job record is the one of a `crest restore` that made it,
- * if any (its helper is the parent), so that the restore learns of the dump.
+ * A process outside any crest job: dumped with its descendants, with their
+ * host PIDs and TIDs (PID mode host), when crest-pidhelper can give them
+ * back (the cap or the cycle mode). The job record is the one of a `crest
+ * restore` that made it, if any (its helper is the parent), so that the
+ * restore learns of the dump.
  */
 function hostTarget(pid: number, status: ProcStatus, record: JobRecord | null): Target {
   const advice = 'Start it as `crest run -- CMD`: a job has its own pid namespace and always gets its PIDs back';
@@ -135,7 +136,20 @@ function hostTarget(pid: number, status: ProcStatus, record: JobRecord | null): 
     throw new CrestError('NOT_A_JOB', `pid ${pid} (${status.name}) was not started by crest run, and no PID mode for processes outside a job is available (${c.why}). ${advice}`);
   }
   record ??= listJobs().find((r) => r.initPid === status.ppid) ?? null;
-  return { pid, members: [pid], initPid: null, record };
+  const members = [pid, ...treeMembers(pid)];
+  const uid = process.getuid!();
+  for (const m of members.slice(1)) {
+    let st: ProcStatus;
+    try {
+      st = readStatus(m);
+    } catch {
+      throw unsupported(pid, 'process tree', `its child ${m} exited while being looked at; try again`);
+    }
+    if (uid !== 0 && st.uid.some((u) => u !== uid)) {
+      throw new CrestError('NOT_YOURS', `pid ${pid} has a descendant, pid ${m} (${st.name}), that belongs to uid ${st.uid[0]}; you (uid ${uid}) can only checkpoint your own processes`);
+    }
+  }
+  return { pid, members, initPid: null, record };
 }
 
 /** Refusals that need only /proc (the process keeps running untouched). */
@@ -143,9 +157,6 @@ function refuseUnsupported(pid: number, initPid: number | null, members: number[
   const status = readStatus(pid);
   const stat = readStat(pid);
   const kids = readChildren(pid).filter((k) => !members.includes(k));
-  if (kids.length > 0 && initPid === null) {
-    throw unsupported(pid, 'children', `it has child processes (${kids.join(', ')}); a process outside a crest job is checkpointed alone. Start it with \`crest run -- CMD\` to checkpoint a whole process tree`);
-  }
   if (kids.length > 0) {
     throw unsupported(pid, 'children', `it started child processes (${kids.join(', ')}) while being checked; try again`);
   }
@@ -203,7 +214,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
     runner.run('freeze', () => {
       for (const m of target.members) frozen.set(m, freeze(m));
       // A process created while we froze the tree would be missed: look again.
-      const again = target.initPid === null ? [target.pid, ...readChildren(target.pid)] : treeMembers(target.initPid);
+      const again = target.initPid === null ? [target.pid, ...treeMembers(target.pid)] : treeMembers(target.initPid);
       const extra = again.filter((m) => !frozen.has(m));
       if (extra.length > 0) throw unsupported(extra[0]!, 'process tree', 'a process was created while the tree was being frozen; try again');
     });
@@ -219,7 +230,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
         }
       });
       await runner.runAsync(`memory:${ctx.nsPid}`, async () => KINDS.find((k) => k.name === 'memory')!.dump!(ctx));
-      procs.push(finishProcess(ctx, target.initPid));
+      procs.push(finishProcess(ctx, target));
     }
     const manifest = runner.run('manifest', () =>
       writer.commit({
@@ -315,7 +326,7 @@ function newContext(pid: number, threads: Thread[], target: Target, writer: Imag
   return ctx;
 }
 
-/** Every process of the job below its init, parents before children. */
+/** Every process below `initPid` (a job's init, or the top of a tree outside a job), parents before children. */
 function treeMembers(initPid: number): number[] {
   const out: number[] = [];
   const walk = (p: number): void => {
@@ -429,10 +440,13 @@ function injectionWindow(ctx: DumpContext): void {
   }
 }
 
-function finishProcess(ctx: DumpContext, initPid: number | null): ProcessImage {
+function finishProcess(ctx: DumpContext, target: Target): ProcessImage {
   const s = ctx.stat;
-  // Outside a job the parent is not given back (the restored process is crest-pidhelper's child): 0.
-  ctx.proc.ppid = initPid === null ? 0 : ctx.status.ppid === initPid ? 1 : nsOf(ctx, ctx.status.ppid);
+  const initPid = target.initPid;
+  // Outside a job the top process's parent is not given back (the restored
+  // process is crest-pidhelper's child): 0. Its descendants' parents are in the tree.
+  const ppid = ctx.status.ppid;
+  ctx.proc.ppid = initPid === null ? (target.members.includes(ppid) ? ppid : 0) : ppid === initPid ? 1 : nsOf(ctx, ppid);
   ctx.proc.pgid = s.pgrp > 0 ? nsOf(ctx, s.pgrp) : 0;
   ctx.proc.sid = s.session > 0 ? nsOf(ctx, s.session) : 0;
   return { ...(ctx.proc as ProcessImage), threads: ctx.threads.map((s) => s.thr as ThreadImage) };

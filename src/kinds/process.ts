@@ -103,9 +103,10 @@ export const processAttrs: Kind = {
         ctx.warnings.push(`nice value ${p.nice} needs a privilege you lack; the process keeps the default`);
       }
     }
+    // Always set: a husk of crest-pidhelper dies with its parent until here (0 clears that).
+    t.syscall('prctl', 'PR_SET_PDEATHSIG', SYS.prctl, PR_SET_PDEATHSIG, p.prctl?.pdeathsig ?? 0, 0, 0, 0);
     if (p.prctl) {
       const c = p.prctl;
-      if (c.pdeathsig) t.syscall('prctl', 'PR_SET_PDEATHSIG', SYS.prctl, PR_SET_PDEATHSIG, c.pdeathsig, 0, 0, 0);
       if (c.childSubreaper) t.syscall('prctl', 'PR_SET_CHILD_SUBREAPER', SYS.prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
       t.syscall('prctl', 'PR_SET_TIMERSLACK', SYS.prctl, PR_SET_TIMERSLACK, c.timerslackNs, 0, 0, 0);
       if (c.thpDisable) t.syscall('prctl', 'PR_SET_THP_DISABLE', SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0);

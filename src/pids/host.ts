@@ -1,13 +1,15 @@
-// What the two host modes (cap and cycle) share: an image of a process that
-// ran outside any crest job gets its PID and TIDs back in the host's pid
-// namespace (the one crest runs in), from crest-pidhelper. Such an image
-// holds one process; it must be the restoring user's, hold no capability,
-// and every ID it needs must be free.
+// What the two host modes (cap and cycle) share: an image of a process (or a
+// process tree) that ran outside any crest job gets its PIDs and TIDs back
+// in the host's pid namespace (the one crest runs in), from crest-pidhelper.
+// Its processes must be the restoring user's and hold no capability, and
+// every ID it needs must be free. The top process becomes the child of
+// crest-pidhelper (itself crest restore's child); every other process is
+// the child of its original parent again.
 import { readFileSync, readdirSync } from 'node:fs';
 import type { Manifest } from '../image/schema.js';
 import { Helper } from '../jobs/supervise.js';
-import { readStatus } from '../proc/index.js';
-import { CrestError } from '../sys/errors.js';
+import { readStat, readStatus } from '../proc/index.js';
+import { CrestError, isErrno } from '../sys/errors.js';
 import { SYS } from '../sys/constants.js';
 import type { RestoreContext } from '../kinds/types.js';
 import { readUntil } from './lines.js';
@@ -82,10 +84,11 @@ export function holderOf(id: number): Holder | null {
   return null;
 }
 
-/** Every ID the image's process needs: its PID, then its other threads' TIDs. */
-export function idsOf(m: Manifest): { pid: number; tids: number[] } {
-  const p = m.processes[0]!;
-  return { pid: p.pid, tids: p.threads.slice(1).map((t) => t.tid) };
+/** Every ID the image needs: its processes' PIDs, their other threads' TIDs, and which process each ID belongs to. */
+export function idsOf(m: Manifest): { pids: number[]; tids: number[]; owner: Map<number, number> } {
+  const owner = new Map<number, number>();
+  for (const p of m.processes) for (const t of p.threads) owner.set(t.tid, p.pid);
+  return { pids: m.processes.map((p) => p.pid), tids: m.processes.flatMap((p) => p.threads.slice(1).map((t) => t.tid)), owner };
 }
 
 const hexMask = (s: string): bigint => BigInt(s);
@@ -95,8 +98,27 @@ export function preflightHostImage(m: Manifest, mode: string): void {
   if (m.job.pidMode !== 'host') {
     throw new CrestError('MODE_MISMATCH', `--mode ${mode} restores processes dumped outside a crest job; this image is of a crest job (its PIDs live in the job's own pid namespace): restore it without --mode, or with --mode userns`);
   }
-  if (m.processes.length !== 1) throw new CrestError('IMAGE_INVALID', `an image of a process outside a crest job holds one process, not ${m.processes.length}`);
-  const p = m.processes[0]!;
+  m.processes.forEach((p, i) => {
+    // The top process has no parent in the image; every other one is the child of an earlier one.
+    if (i === 0 ? p.ppid !== 0 : !m.processes.slice(0, i).some((q) => q.pid === p.ppid)) {
+      throw new CrestError('IMAGE_INVALID', `process ${p.pid}: parent ${p.ppid} is not ${i === 0 ? 'none (the top of a tree dumped outside a job)' : 'an earlier process of the image'}`);
+    }
+    preflightHostProcess(p, mode);
+  });
+  const max = pidMax();
+  const { pids, tids, owner } = idsOf(m);
+  for (const id of [...pids, ...tids]) {
+    if (id < MIN_HOST_ID || id >= max) {
+      throw new CrestError(
+        'PID_OUT_OF_RANGE',
+        `${pids.includes(id) ? 'PID' : `thread ID (of pid ${owner.get(id)})`} ${id} cannot be given back here: this machine hands out IDs ${MIN_HOST_ID} to ${max - 1} (kernel.pid_max is ${max})`,
+      );
+    }
+  }
+}
+
+/** One process of a host-mode image: the restoring user's, holding no capability. */
+function preflightHostProcess(p: Manifest['processes'][number], mode: string): void {
   const uid = process.getuid!();
   const gid = process.getgid!();
   if (p.creds.uid.some((u) => u !== uid) || p.creds.gid.some((g) => g !== gid)) {
@@ -120,19 +142,9 @@ export function preflightHostImage(m: Manifest, mode: string): void {
       `pid ${p.pid} had a smaller capability bounding set (${p.creds.capBnd}) than yours (0x${ours.toString(16)}); shrinking it needs CAP_SETPCAP, which a restored process never holds in the ${mode} mode`,
     );
   }
-  const max = pidMax();
-  const { pid, tids } = idsOf(m);
-  for (const id of [pid, ...tids]) {
-    if (id < MIN_HOST_ID || id >= max) {
-      throw new CrestError(
-        'PID_OUT_OF_RANGE',
-        `${id === pid ? 'PID' : 'thread ID'} ${id} cannot be given back here: this machine hands out IDs ${MIN_HOST_ID} to ${max - 1} (kernel.pid_max is ${max})`,
-      );
-    }
-  }
 }
 
-/** The refusal for a taken ID: who holds it, and what to do next time. */
+/** The refusal for a taken ID (of process `pid`): who holds it, and what to do next time. */
 export function takenError(id: number, pid: number, holder: Holder): CrestError {
   const which = id === pid ? `PID ${id}` : `thread ID ${id} (of pid ${pid})`;
   return new CrestError(
@@ -148,39 +160,47 @@ export function takenError(id: number, pid: number, holder: Holder): CrestError 
  * process up to 1 s (it may be the one the dump just killed).
  */
 export async function awaitIdsFree(m: Manifest): Promise<void> {
-  const { pid, tids } = idsOf(m);
+  const { pids, tids, owner } = idsOf(m);
   const start = Date.now();
   for (;;) {
-    const taken = [pid, ...tids].map((id) => ({ id, h: holderOf(id) })).filter((x) => x.h !== null);
+    const taken = [...pids, ...tids].map((id) => ({ id, h: holderOf(id) })).filter((x) => x.h !== null);
     if (taken.length === 0) return;
     const elapsed = Date.now() - start;
     const live = taken.find((x) => !x.h!.transient);
     if ((live && elapsed > LIVE_WAIT_MS) || elapsed > FREE_WAIT_MS) {
       const x = live ?? taken[0]!;
-      throw takenError(x.id, pid, x.h!);
+      throw takenError(x.id, owner.get(x.id)!, x.h!);
     }
     await new Promise((r) => setTimeout(r, 20));
   }
 }
 
-/** Starts crest-pidhelper `verb` for the image's process. */
+/**
+ * Starts crest-pidhelper `verb` for the image's processes: the top one,
+ * then each under its parent, with their threads. A session leader leads
+ * a new session again before its children are made, so that they are in it.
+ */
 export function spawnPidHelper(verb: 'husk' | 'cycle', m: Manifest, opts: SpawnOptions): Helper {
-  const { pid, tids } = idsOf(m);
-  const args = ['--pid', String(pid), ...tids.flatMap((t) => ['--tid', String(t)])];
+  const args = m.processes.flatMap((p, i) => [
+    '--pid',
+    i === 0 ? String(p.pid) : `${p.pid}:${p.ppid}`,
+    ...(p.sid === p.pid ? ['--setsid'] : []),
+    ...p.threads.slice(1).flatMap((t) => ['--tid', String(t.tid)]),
+  ]);
   if (verb === 'cycle') args.push('--within', String(opts.cycleTimeoutMs ?? 30_000));
   return new Helper(verb, args, { detached: opts.detached, path: pidHelperPath() });
 }
 
 /** Reads crest-pidhelper's report (husk, thread..., cycled, ready | error). */
 export async function awaitHostHusks(helper: Helper, m: Manifest, mode: 'cap' | 'cycle', timeoutMs: number): Promise<Husks> {
-  const { pid, tids } = idsOf(m);
+  const { pids, tids, owner } = idsOf(m);
   const threads = new Map<number, number>();
-  let husk = 0;
+  const husks = new Map<number, number>();
   let cycled: Husks['cycled'];
   return readUntil<Husks>(helper, 'crest-pidhelper', timeoutMs, (word, [a, b]) => {
     switch (word) {
       case 'husk':
-        husk = Number(a);
+        husks.set(Number(a), Number(a));
         return undefined;
       case 'thread':
         threads.set(Number(a), Number(a));
@@ -192,12 +212,12 @@ export async function awaitHostHusks(helper: Helper, m: Manifest, mode: 'cap' | 
         return undefined;
       }
       case 'ready':
-        if (husk !== pid || tids.some((t) => !threads.has(t))) {
-          throw new CrestError('HELPER_FAILED', `crest-pidhelper reported pid ${husk} and threads ${[...threads.keys()].join(',')}, not ${pid} and ${tids.join(',')}`);
+        if (pids.some((p) => !husks.has(p)) || tids.some((t) => !threads.has(t))) {
+          throw new CrestError('HELPER_FAILED', `crest-pidhelper reported pids ${[...husks.keys()].join(',')} and threads ${[...threads.keys()].join(',')}, not ${pids.join(',')} and ${tids.join(',')}`);
         }
-        return { initPid: helper.child.pid ?? 0, pids: new Map([[pid, pid]]), threads, ...(cycled ? { cycled } : {}) };
+        return { initPid: helper.child.pid ?? 0, pids: husks, threads, ...(cycled ? { cycled } : {}) };
       case 'error':
-        throw helperError(Number(a), b ?? '?', pid, mode);
+        throw helperError(Number(a), b ?? '?', owner.get(Number(a)) ?? Number(a), mode);
       default:
         return undefined;
     }
@@ -222,14 +242,34 @@ function helperError(id: number, err: string, pid: number, mode: 'cap' | 'cycle'
 }
 
 /**
- * The process's session, as far as an ordinary process can make it: a
- * session leader (a daemon, a process started detached) leads a new session
- * again (setsid; the husk, the helper's child, leads nothing yet).
- * Otherwise the process joins crest restore's session and process group, as
- * a restored job does (kinds/fds/stdio.ts): in the foreground of crest
- * restore's terminal exactly when crest restore is.
+ * The process's session and group, as far as an ordinary process can make
+ * them. A session leader (a daemon, a process started detached) leads a new
+ * session again: crest-pidhelper made its husk do so before creating its
+ * children (--setsid), which so are in it. Otherwise the top process joins
+ * crest restore's session and process group, as a restored job does
+ * (kinds/fds/stdio.ts): in the foreground of crest restore's terminal
+ * exactly when crest restore is; the processes below it are in the top
+ * one's group, unless they led a group of their own or were in one that a
+ * process of the tree leads (made again, parents and earlier siblings
+ * first). What cannot be made again is said in a warning.
  */
 export function restoreSession(ctx: RestoreContext): void {
   const p = ctx.proc;
-  if (p.sid === p.pid) ctx.thread.syscall('setsid', 'lead a new session again', SYS.setsid);
+  const top = ctx.manifest.processes[0]!;
+  if (p.sid === p.pid) {
+    if (readStat(ctx.huskHostPid).session !== ctx.huskHostPid) ctx.thread.syscall('setsid', 'lead a new session again', SYS.setsid);
+    return;
+  }
+  if (p === top || p.pgid === top.pgid || p.pgid <= 0) return;
+  const leader = ctx.manifest.processes.find((q) => q.pid === p.pgid);
+  if (!leader) {
+    ctx.warnings.push(`pid ${p.pid} was in process group ${p.pgid}, led by a process outside the image; it is in pid ${top.pid}'s group now`);
+    return;
+  }
+  try {
+    ctx.thread.syscall('setpgid', `join process group ${p.pgid}`, SYS.setpgid, 0, p.pgid === p.pid ? 0 : p.pgid);
+  } catch (e) {
+    if (!isErrno(e, 'EPERM') && !isErrno(e, 'ESRCH')) throw e;
+    ctx.warnings.push(`pid ${p.pid} could not join process group ${p.pgid} again (${(e as Error).message}); it is in its parent's group`);
+  }
 }

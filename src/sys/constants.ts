@@ -29,6 +29,7 @@ export const SYS = {
   chdir: 80,
   fchdir: 81,
   umask: 95,
+  setpgid: 109,
   setsid: 112,
   getpriority: 140,
   setpriority: 141,

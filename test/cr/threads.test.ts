@@ -213,6 +213,13 @@ describe('round trips', () => {
     assert.deepEqual(img.map((t) => t.sched?.policy).sort(), [0, 0, 0, 3]);
   });
 
+  test('tree_mem: a tree of 6 processes with 8 MiB each (the bench\'s 16-process row, smaller)', { timeout: TIMEOUT }, async () => {
+    const rt = await checkRoundTrip('tree_mem', { extra: ['6', '8'] });
+    const m = readManifest(rt.imageDir) as { processes: Array<{ pid: number; ppid: number }> };
+    assert.equal(m.processes.length, 6);
+    assert.ok(m.processes.slice(1).every((p) => p.ppid === m.processes[0]!.pid), JSON.stringify(m.processes));
+  });
+
   test('threads_forker: a process tree whose parent has 4 threads', { timeout: TIMEOUT }, async () => {
     const rt = await checkRoundTrip('threads_forker');
     const m = readManifest(rt.imageDir) as { processes: Array<{ threads: unknown[] }> };
