@@ -1,6 +1,6 @@
 // `npm run bench`: dump and restore times and image sizes for processes
 // holding 1 MiB, 256 MiB and 1 GiB of touched anonymous memory (and for a
-// 16-thread process with 64 MiB per thread), next to what
+// 16-thread process and a 16-process tree, 64 MiB per task), next to what
 // this machine needs just to touch that much fresh memory, measured in the
 // same run (machines are shared and noisy: compare ratios, quote medians).
 // Prints a table and writes bench/results.json.
@@ -17,7 +17,8 @@ const CLI = join(ROOT, 'dist', 'src', 'cli', 'main.js');
 const TARGET = join(ROOT, 'test', 'targets', 'bin', 'counter');
 const TOUCH = join(ROOT, 'bench', 'touch');
 
-const SIZES_MIB = (process.env.CREST_BENCH_SIZES ?? '1,256,1024').split(',').map(Number);
+// CREST_BENCH_SIZES=0 leaves these rows out.
+const SIZES_MIB = (process.env.CREST_BENCH_SIZES ?? '1,256,1024').split(',').map(Number).filter((n) => n > 0);
 const RUNS = Number(process.env.CREST_BENCH_RUNS ?? 5);
 
 const median = (xs: number[]): number => {
@@ -103,19 +104,24 @@ async function once(mib: number, runNo: number): Promise<Sample> {
   }
 }
 
-// ---- A multi-threaded process: THREADS threads with MIB_PER_THREAD MiB each
-// (test/targets/threads_mem: every thread fills its own memory, then sleeps in
-// a 10 ms loop), dumped and restored like the rows above. CREST_BENCH_THREADS
-// = "THREADSxMIB" (default 16x64), or "0" to leave it out.
-const THREADS_SPEC = process.env.CREST_BENCH_THREADS ?? '16x64';
-const THREADS_TARGET = join(ROOT, 'test', 'targets', 'bin', 'threads_mem');
+// ---- Many tasks: a multi-threaded process (test/targets/threads_mem: every
+// thread fills its own memory, then sleeps in a 10 ms loop) and a process
+// tree (test/targets/tree_mem: a parent and its children, each filling its
+// own memory, then ticking), TASKS tasks with MIB_PER_TASK MiB each, dumped
+// and restored like the rows above. CREST_BENCH_THREADS / CREST_BENCH_TREE
+// = "TASKSxMIB" (default 16x64 each), or "0" to leave the row out.
+const TASK_ROWS = [
+  { kind: 'threads', spec: process.env.CREST_BENCH_THREADS ?? '16x64', target: join(ROOT, 'test', 'targets', 'bin', 'threads_mem'), env: 'CREST_BENCH_THREADS' },
+  { kind: 'processes', spec: process.env.CREST_BENCH_TREE ?? '16x64', target: join(ROOT, 'test', 'targets', 'bin', 'tree_mem'), env: 'CREST_BENCH_TREE' },
+] as const;
+type TaskRow = (typeof TASK_ROWS)[number];
 
-async function onceThreads(threads: number, mibPerThread: number, runNo: number): Promise<Sample> {
-  const mib = threads * mibPerThread;
-  const work = mkdtempSync(join(tmpdir(), 'crest-bench-thr-'));
+async function onceTasks(row: TaskRow, tasks: number, mibPerTask: number, runNo: number): Promise<Sample> {
+  const mib = tasks * mibPerTask;
+  const work = mkdtempSync(join(tmpdir(), 'crest-bench-tasks-'));
   const image = join(work, 'image');
-  const name = `bench-${process.pid}-t${threads}-${runNo}`;
-  const job = spawn(process.execPath, [CLI, 'run', '--name', name, '--', THREADS_TARGET, work, String(threads), String(mibPerThread)], { stdio: 'ignore' });
+  const name = `bench-${process.pid}-${row.kind}${tasks}-${runNo}`;
+  const job = spawn(process.execPath, [CLI, 'run', '--name', name, '--', row.target, work, String(tasks), String(mibPerTask)], { stdio: 'ignore' });
   const jobExit = new Promise((r) => job.on('exit', r));
   try {
     await waitFile(join(work, 'ready'), 120000);
@@ -144,27 +150,27 @@ async function onceThreads(threads: number, mibPerThread: number, runNo: number)
   }
 }
 
-/** The multi-threaded row (medians of 3 runs), or null when CREST_BENCH_THREADS=0. */
-async function benchThreads() {
-  if (THREADS_SPEC === '0') return null;
-  const m = /^(\d+)x(\d+)$/.exec(THREADS_SPEC);
-  if (!m) throw new Error(`CREST_BENCH_THREADS=${THREADS_SPEC}: expected THREADSxMIB (e.g. 16x64) or 0`);
-  const threads = Number(m[1]);
-  const mibPerThread = Number(m[2]);
-  if (!existsSync(THREADS_TARGET)) throw new Error(`${THREADS_TARGET} missing: run make -C test/targets first`);
+/** A many-task row (medians of 3 runs), or null when its variable is 0. */
+async function benchTasks(row: TaskRow) {
+  if (row.spec === '0') return null;
+  const m = /^(\d+)x(\d+)$/.exec(row.spec);
+  if (!m) throw new Error(`${row.env}=${row.spec}: expected TASKSxMIB (e.g. 16x64) or 0`);
+  const tasks = Number(m[1]);
+  const mibPerTask = Number(m[2]);
+  if (!existsSync(row.target)) throw new Error(`${row.target} missing: run make -C test/targets first`);
   const runs = Math.max(3, Math.min(RUNS, 3));
   const samples: Sample[] = [];
   for (let i = 0; i < runs; i++) {
-    samples.push(await onceThreads(threads, mibPerThread, i));
+    samples.push(await onceTasks(row, tasks, mibPerTask, i));
     process.stderr.write('.');
   }
   const med = (k: keyof Sample): number => median(samples.map((s) => s[k]));
-  const mib = threads * mibPerThread;
+  const mib = tasks * mibPerTask;
   return {
     mib,
-    label: `${threads} threads x ${mibPerThread} MiB`,
-    threads,
-    mibPerThread,
+    label: `${tasks} ${row.kind} x ${mibPerTask} MiB`,
+    tasks,
+    mibPerTask,
     runs,
     dumpWallMs: med('dumpWallMs'),
     dumpMs: med('dumpMs'),
@@ -264,8 +270,10 @@ async function main(): Promise<void> {
       samples,
     });
   }
-  const threadsRow = await benchThreads();
-  if (threadsRow) rows.push(threadsRow);
+  for (const row of TASK_ROWS) {
+    const r = await benchTasks(row);
+    if (r) rows.push(r);
+  }
   process.stderr.write('\n');
   const f = (n: number, d = 0): string => n.toFixed(d);
   const head = ['memory', 'dump wall', 'dump', 'dump rate', 'restore wall', 'restore', 'image', 'touch (page)', 'touch (bulk)', 'restore/touch'];
@@ -285,7 +293,7 @@ async function main(): Promise<void> {
   const line = (cells: string[]): string => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
   console.log(line(head));
   for (const r of table) console.log(line(r));
-  console.log(`medians of ${RUNS} runs (3 for 1 GiB and for the threads row); "wall" includes starting the crest command; "dump"/"restore" are crest's own timings;`);
+  console.log(`medians of ${RUNS} runs (3 for 1 GiB and for the threads and processes rows); "wall" includes starting the crest command; "dump"/"restore" are crest's own timings;`);
   console.log('restore/touch = restore time over the time this machine takes to first-touch the same amount of fresh memory, measured right before it.');
   const cycling = await benchCycling();
   if (cycling) {
