@@ -9,8 +9,9 @@ import { processAttrs } from './process.js';
 import { registers } from './registers.js';
 import { signals } from './signals.js';
 import { threadState } from './threadstate.js';
+import { tree } from './tree.js';
 
-export const KINDS: readonly Kind[] = [creds, processAttrs, mm, files, signals, threadState, registers, memory];
+export const KINDS: readonly Kind[] = [creds, processAttrs, tree, mm, files, signals, threadState, registers, memory];
 
 /** A kind by name; an unknown name is a programming error, refused loudly. */
 export function kind(name: string): Kind {

@@ -36,6 +36,8 @@ export interface DumpContext {
   warnings: string[];
   /** Incremental checkpoints: hash every page, compare with the parent's (kinds/pagetrack.ts). */
   pageTracking?: PageTracking;
+  /** Process trees (kinds/tree.ts): its stopped children (pids in the job), and those whose stop it has not collected yet (filled in). */
+  tree?: { stoppedChildren: number[]; unreported: Set<number> };
 }
 
 /** One frozen thread and the image being filled in for it. */

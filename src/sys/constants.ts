@@ -30,6 +30,10 @@ export const SYS = {
   fchdir: 81,
   umask: 95,
   setsid: 112,
+  setpgid: 109,
+  wait4: 61,
+  waitid: 247,
+  kill: 62,
   getpriority: 140,
   setpriority: 141,
   prctl: 157,
@@ -58,6 +62,7 @@ export const PTRACE_O = {
 
 export const PTRACE_EVENT_STOP = 128;
 export const PTRACE_EVENT_CLONE = 3;
+export const PTRACE_EVENT_FORK = 1;
 export const __WALL = 0x40000000;
 export const WNOHANG = 1;
 

@@ -1,0 +1,34 @@
+// A process's place in its tree that only the process itself can tell or
+// that the tree driver needs per process: the signal its parent gets when it
+// exits (clone's exit_signal), and, for a parent, which of its stopped
+// children's stops it has not collected yet (waitpid with WUNTRACED). The
+// tree itself (parents, sessions, groups, zombies, stops) is rebuilt by
+// restore/treeplan.ts and restore/treebuild.ts.
+import { SYS } from '../sys/constants.js';
+import type { Kind } from './types.js';
+
+const P_PID = 1;
+const WNOHANG = 1;
+const WSTOPPED = 2;
+const WNOWAIT = 0x01000000;
+const __WALL = 0x40000000;
+/** siginfo_t: si_pid of a SIGCHLD-style report, after signo, errno, code and padding. */
+const SI_PID = 16;
+
+export const tree: Kind = {
+  name: 'tree',
+  dumpInjected(ctx) {
+    if (!ctx.tree) return;
+    const info = ctx.mem.alloc(128);
+    for (const child of ctx.tree.stoppedChildren) {
+      ctx.thread.writeMem(info, Buffer.alloc(128));
+      // WNOWAIT: look without collecting; the report stays for the process.
+      ctx.thread.syscall('waitid', `look for the stop report of child ${child}`, SYS.waitid, P_PID, child, info, WSTOPPED | WNOHANG | WNOWAIT | __WALL, 0);
+      if (ctx.thread.readMem(info + SI_PID, 4).readInt32LE(0) === child) ctx.tree.unreported.add(child);
+    }
+  },
+  dump(ctx) {
+    // Outside a job the restored process is crest-pidhelper's child: its exit signal is not given back.
+    if (ctx.initHostPid !== null) ctx.proc.exitSignal = ctx.stat.exit_signal;
+  },
+};
