@@ -124,8 +124,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // each closes its copies of them from its scratch area, still mapped.
     for (const f of finish) f();
     // Everything is in place: let every thread of every process go.
+    // Children before their parents: a parent that runs first must find its
+    // children as they were (a stopped one stopped, not still held by us).
     runner.run('resume', () => {
-      for (const th of held) th.detach();
+      for (const th of [...held].reverse()) th.detach();
     });
     saveJob({
       name: jobName,
