@@ -10,7 +10,7 @@ import { native } from '../sys/native.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, SIG, SYS } from '../sys/constants.js';
 import { readChildren, readMaps, readStat, readStatus, readTasks, type ProcStatus } from '../proc/index.js';
-import { Thread, findSyscallInsn } from '../tracer/tracer.js';
+import { Thread, awaitGroupStop, findSyscallInsn } from '../tracer/tracer.js';
 import { ImageWriter } from '../image/writer.js';
 import { FORMAT_VERSION, IMAGE_MAGIC, type ProcessImage, type ThreadImage, type ZombieImage } from '../image/schema.js';
 import { planTree, type TreeNode } from '../restore/treeplan.js';
@@ -215,16 +215,22 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
     const contexts = target.members.map((m) => newContext(m, frozen.get(m)!, target, writer, warnings));
     // Which stops each parent has yet to collect: asked in the parent's injection window.
     const nsOfHost = new Map(contexts.map((c) => [c.hostPid, c.nsPid]));
-    for (const c of contexts) {
-      if (!c.thread.groupStop) continue;
-      const parent = contexts.find((p) => p.hostPid === c.status.ppid);
-      if (parent) (parent.tree ??= { stoppedChildren: [], unreported: new Set() }).stoppedChildren.push(c.nsPid);
+    const treeOf = (parentHost: number): NonNullable<DumpContext['tree']> | undefined => {
+      const parent = contexts.find((p) => p.hostPid === parentHost);
+      if (parent) parent.tree ??= { stoppedChildren: [], unreported: new Set(), zombies: [], status: new Map() };
+      return parent?.tree;
+    };
+    for (const c of contexts) if (c.thread.groupStop) treeOf(c.status.ppid)?.stoppedChildren.push(c.nsPid);
+    for (const z of target.zombies) {
+      const st = readStatus(z);
+      treeOf(st.ppid)?.zombies.push(st.nspid[st.nspid.length - 1]!);
     }
     for (const ctx of contexts) {
       ctx.pageTracking = tracking;
       runner.run(`inject:${ctx.nsPid}`, () => injectionWindow(ctx));
     }
-    const zombies = target.initPid === null ? [] : target.zombies.map((z) => zombieImage(z, nsOfHost));
+    const waitStatus = new Map(contexts.flatMap((c) => [...(c.tree?.status ?? [])]));
+    const zombies = target.initPid === null ? [] : target.zombies.map((z) => zombieImage(z, nsOfHost, waitStatus));
     // A tree restore could not rebuild is refused now, before any memory is read.
     if (target.initPid !== null) runner.run('tree', () => checkTree(contexts, zombies));
     const unreported = new Set(contexts.flatMap((c) => [...(c.tree?.unreported ?? [])]));
@@ -276,12 +282,14 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           /* the init already went with its last process */
         }
       } else {
-        for (const threads of frozen.values()) {
-          for (const th of threads) {
+        // Children before parents, each stopped one back in its stop before its parent runs on.
+        for (const threads of [...frozen.values()].reverse()) {
+          for (const th of [...threads].reverse()) {
             th.restoreOriginal();
             th.detach();
             requeueCaught(th);
           }
+          if (threads[0]?.groupStop) awaitGroupStop(threads[0].tid);
         }
       }
     });
@@ -301,7 +309,10 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
   } catch (e) {
     // Never leave a half image that looks complete, and never leave a process stopped or changed.
     if (!committed) writer.abort();
-    for (const threads of frozen.values()) for (const th of threads) th.release();
+    for (const threads of [...frozen.values()].reverse()) {
+      for (const th of [...threads].reverse()) th.release();
+      if (threads[0]?.groupStop) awaitGroupStop(threads[0].tid);
+    }
     const gone = target.members.find((m) => !processExists(m));
     if (gone !== undefined) {
       throw new CrestError('PROCESS_VANISHED', `pid ${gone} exited during the checkpoint (${(e as Error).message}); no image was written`, { cause: e });
@@ -364,17 +375,19 @@ function treeMembers(initPid: number): { live: number[]; zombies: number[] } {
 }
 
 /** The image of a zombie of the tree (its parent is frozen: it stays as it is). */
-function zombieImage(hostPid: number, nsOfHost: Map<number, number>): ZombieImage {
+function zombieImage(hostPid: number, nsOfHost: Map<number, number>, waitStatus: Map<number, number>): ZombieImage {
   const st = readStatus(hostPid);
   const stat = readStat(hostPid);
   const last = (a: number[]): number => a[a.length - 1] ?? 0;
+  const status = waitStatus.get(last(st.nspid));
+  if (status === undefined) throw unsupported(hostPid, 'zombie', 'its parent does not see its exit (waitid); try again');
   return {
     pid: last(st.nspid),
     ppid: nsOfHost.get(st.ppid) ?? 0,
     pgid: last(st.nspgid),
     sid: last(st.nssid),
     exitSignal: stat.exit_signal,
-    status: stat.exit_code,
+    status,
   };
 }
 

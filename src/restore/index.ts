@@ -8,7 +8,7 @@ import type { Manifest, ProcessImage } from '../image/schema.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, RSEQ_FLAG_UNREGISTER, SIG, SYS } from '../sys/constants.js';
 import { native } from '../sys/native.js';
-import { Thread } from '../tracer/tracer.js';
+import { Thread, awaitGroupStop } from '../tracer/tracer.js';
 import { buildTree, planImageTree } from './treebuild.js';
 import { ScratchAllocator, type RestoreContext } from '../kinds/types.js';
 import { checkRestoredLayout, findFree, mapImageMemory, preflightMemory, replaceHuskMemory, vdsoSizes } from '../kinds/memory.js';
@@ -126,8 +126,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Everything is in place: let every thread of every process go.
     // Children before their parents: a parent that runs first must find its
     // children as they were (a stopped one stopped, not still held by us).
+    // A stopped one is let go first and seen in its stop (it gets there once it runs) before its parent goes on.
+    const stopped = new Set(manifest.processes.filter((p) => p.stopped).map((p) => mains.get(p.pid)!));
     runner.run('resume', () => {
-      for (const th of [...held].reverse()) th.detach();
+      for (const th of [...held].reverse()) {
+        th.detach();
+        if (stopped.has(th)) awaitGroupStop(th.tid);
+      }
     });
     saveJob({
       name: jobName,

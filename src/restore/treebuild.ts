@@ -15,7 +15,7 @@ import { ScratchAllocator } from '../kinds/types.js';
 import type { Husks } from '../pids/index.js';
 import { planTree, type TreeNode } from './treeplan.js';
 
-const PR_SET_DUMPABLE = 4;
+const RLIMIT_CORE = 4;
 const PR_SET_CHILD_SUBREAPER = 36;
 const WNOHANG = 1;
 const WUNTRACED = 2;
@@ -123,7 +123,7 @@ export function buildTree(m: Manifest, husks: Husks, held: Thread[], privileged:
         get(step.pid).syscall('prctl', 'PR_SET_CHILD_SUBREAPER', SYS.prctl, PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         break;
       case 'exit-temp':
-        exitAs(get(step.pid), 0);
+        exitAs(get(step.pid), 0, mem(step.pid));
         forget(step.pid);
         if (step.reapBy !== 1) {
           const got = get(step.reapBy).syscall('wait4', `reap temporary process ${step.pid}`, SYS.wait4, step.pid, 0, __WALL, 0);
@@ -140,7 +140,7 @@ export function buildTree(m: Manifest, husks: Husks, held: Thread[], privileged:
   };
   // Zombies exit now that their parents are final: the parent's wait gets exactly their status.
   for (const z of m.zombies ?? []) {
-    exitAs(get(z.pid), z.status);
+    exitAs(get(z.pid), z.status, mem(z.pid));
     forget(z.pid);
     note(z.ppid, z.exitSignal);
   }
@@ -197,7 +197,7 @@ function forkHusk(parent: Thread, mem: ScratchAllocator, pid: number, exitSignal
 }
 
 /** Ends husk `t` with wait status `status` (exit code << 8, or a signal); we collect it as its tracer, its parent reaps it. */
-function exitAs(t: Thread, status: number): void {
+function exitAs(t: Thread, status: number, mem: ScratchAllocator): void {
   const n = native();
   const sig = status & 0x7f;
   if (sig === 0) {
@@ -209,8 +209,12 @@ function exitAs(t: Thread, status: number): void {
     n.ptraceSetRegs(t.tid, r);
     n.ptraceCont(t.tid, 0);
   } else {
-    // Not dumpable: a core-dumping signal writes no core file (the status loses its core flag).
-    t.syscall('prctl', 'PR_SET_DUMPABLE 0', SYS.prctl, PR_SET_DUMPABLE, 0, 0, 0, 0);
+    // A core size limit of 1 byte: a core-dumping signal writes no core file,
+    // not even to a core_pattern pipe (the status loses its core flag).
+    const lim = Buffer.alloc(16);
+    lim.writeBigUInt64LE(1n, 0);
+    lim.writeBigUInt64LE(1n, 8);
+    t.syscall('prlimit64', 'RLIMIT_CORE 1', SYS.prlimit64, 0, RLIMIT_CORE, mem.put(lim), 0);
     n.ptraceSetSigmask(t.tid, 0n);
     n.kill(t.tid, sig);
     n.ptraceCont(t.tid, 0);

@@ -399,6 +399,23 @@ export function tgidOf(tid: number): number {
   }
 }
 
+/**
+ * Waits (bounded, 2 s) until a process we let go in a group-stop is back in
+ * it (state T): it gets there only once it runs, and whoever looks at it
+ * next (its parent) must find it stopped.
+ */
+export function awaitGroupStop(pid: number): void {
+  for (let i = 0; i < 400; i++) {
+    try {
+      const st = readFileSync(`/proc/${pid}/stat`, 'latin1');
+      if (st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3) === 'T') return;
+    } catch {
+      return; // gone: nothing to wait for
+    }
+    sleepMs(5);
+  }
+}
+
 /** Finds a `syscall` instruction (0f 05) in a byte range; -1 when none. */
 export function findSyscallInsn(buf: Buffer): number {
   for (let i = 0; i + 1 < buf.length; i++) {

@@ -118,9 +118,14 @@ int main(int argc, char **argv)
     }
     pid_t conts[2] = {stopped, tstp};
     for (int i = 0; i < 2; i++) {
+        int r = -1;
         memset(&si, 0, sizeof si);
-        int r = waitid(P_PID, conts[i], &si, WCONTINUED);
+        for (int k = 0; k < 500 && si.si_pid == 0; k++) {
+            r = waitid(P_PID, conts[i], &si, WCONTINUED | WNOHANG);
+            if (si.si_pid == 0) sleep_ms(10);
+        }
         CHECK("cont", r == 0 && si.si_pid == conts[i] && si.si_code == CLD_CONTINUED, "%d: waitid WCONTINUED %d pid %d code %d", (int)conts[i], r, (int)si.si_pid, si.si_code);
+        kill(conts[i], SIGCONT);
         write_filef(i == 0 ? "exit.stopped" : "exit.tstp", "1\n");
         w = waitpid(conts[i], &st, 0);
         CHECK("cont", w == conts[i] && WIFEXITED(st) && WEXITSTATUS(st) == 3 + i, "%d: waitpid %d status %#x (expected exit %d)", (int)conts[i], (int)w, st, 3 + i);
