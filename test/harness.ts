@@ -707,6 +707,17 @@ export function pagesFile(imageDir: string): string {
   return path.join(imageDir, biggest[0]);
 }
 
+/** Damages `file` by one bit pattern in one byte past its middle (a checksum must catch it). */
+export function flipByte(file: string): void {
+  const fd = fs.openSync(file, 'r+');
+  const pos = Math.floor(fs.fstatSync(fd).size / 2) + 17;
+  const b = Buffer.alloc(1);
+  fs.readSync(fd, b, 0, 1, pos);
+  b[0] = (b[0] as number) ^ 0x5a;
+  fs.writeSync(fd, b, 0, 1, pos);
+  fs.closeSync(fd);
+}
+
 /** Copies an image directory (flat) into a fresh tracked directory. */
 export function copyImage(imageDir: string, label: string): string {
   const dst = tmpImageDir(label);

@@ -22,6 +22,7 @@ import {
   dumpArgs,
   expectCheckpointed,
   expectKilled,
+  flipByte,
   jobTargetPids,
   procState,
   processesInGroup,
@@ -146,6 +147,14 @@ function expectTreeAsBefore(before: Map<number, string>, what: string): void {
   }
 }
 
+/** The tree as it was, no image left in `dir`; let go, the job runs to PASS under its crest run. */
+async function expectUntouchedThenPass(job: Job, before: Map<number, string>, dir: string, what: string): Promise<void> {
+  expectTreeAsBefore(before, what);
+  assert.ok(!fs.existsSync(path.join(dir, 'manifest.json')), `${what}: an image was left`);
+  createGo(job.workDir);
+  assertPass(await withTimeout(job.run.exited, 60_000, 'crest run after go'), job.target, `the job ${what}`);
+}
+
 function states(job: Job): Map<number, string> {
   return new Map(treePids(job).map((p) => [p, procState(p) ?? '?']));
 }
@@ -158,10 +167,7 @@ test('a dump refused half-way (a POSIX timer in a child): every process as it wa
   const r = await dump({ job: job.name, dir });
   assertRefused(r, 'dump of a tree with a POSIX timer', /POSIX timers/);
   await sleep(100);
-  expectTreeAsBefore(before, 'after the refused dump');
-  assert.ok(!fs.existsSync(path.join(dir, 'manifest.json')));
-  createGo(job.workDir);
-  assertPass(await withTimeout(job.run.exited, 60_000, 'crest run after go'), 'tree_wait', 'the job after a refused dump');
+  await expectUntouchedThenPass(job, before, dir, 'after the refused dump');
 });
 
 test('a dump killed half-way: every process as it was, untraced', { timeout: TIMEOUT }, async () => {
@@ -179,10 +185,7 @@ test('a dump killed half-way: every process as it was, untraced', { timeout: TIM
   const pr = await withTimeout(p.exited, 10_000, 'the killed crest dump');
   assert.equal(pr.signal, 'SIGKILL');
   await sleep(200);
-  expectTreeAsBefore(before, 'after the killed dump');
-  assert.ok(!fs.existsSync(path.join(dir, 'manifest.json')));
-  createGo(job.workDir);
-  assertPass(await withTimeout(job.run.exited, 60_000, 'crest run after go'), 'tree_wait', 'the job after its dump was killed');
+  await expectUntouchedThenPass(job, before, dir, 'after the killed dump');
 });
 
 test("a restore failing on the tree's second process leaves no process behind", { timeout: TIMEOUT }, async () => {
@@ -193,14 +196,7 @@ test("a restore failing on the tree's second process leaves no process behind", 
   await expectKilled(job);
   const m = readManifest(dir) as { processes: Array<{ pid: number; pagesFile: string }> };
   assert.ok(m.processes.length > 2);
-  const f = path.join(dir, m.processes[1]!.pagesFile);
-  const fd = fs.openSync(f, 'r+');
-  const pos = Math.floor(fs.fstatSync(fd).size / 2) + 17;
-  const b = Buffer.alloc(1);
-  fs.readSync(fd, b, 0, 1, pos);
-  b[0] = (b[0] as number) ^ 0x5a;
-  fs.writeSync(fd, b, 0, 1, pos);
-  fs.closeSync(fd);
+  flipByte(path.join(dir, m.processes[1]!.pagesFile));
   createGo(job.workDir);
   const r: ExitResult = await restore(dir, { timeoutMs: 60_000 });
   assertRefused(r, 'restore with a corrupt pages file of the second process', /checksum|crc|corrupt|damaged/i);
