@@ -707,6 +707,15 @@ export function pagesFile(imageDir: string): string {
   return path.join(imageDir, biggest[0]);
 }
 
+/** Bytes written so far into an image directory (0 when it does not exist). */
+export function imageBytes(dir: string): number {
+  try {
+    return fs.readdirSync(dir).reduce((a, f) => a + fs.statSync(path.join(dir, f)).size, 0);
+  } catch {
+    return 0;
+  }
+}
+
 /** Damages `file` by one bit pattern in one byte past its middle (a checksum must catch it). */
 export function flipByte(file: string): void {
   const fd = fs.openSync(file, 'r+');

@@ -27,6 +27,7 @@ import {
   expectKilled,
   jobTargetPids,
   processAlive,
+  imageBytes,
   readManifest,
   registerCleanup,
   restore,
@@ -107,14 +108,6 @@ function imageThreads(imageDir: string): ImageThread[] {
 }
 
 /** Bytes in the files of an image directory so far (0 when it is gone). */
-function imageBytes(dir: string): number {
-  try {
-    return fs.readdirSync(dir).reduce((a, f) => a + fs.statSync(path.join(dir, f)).size, 0);
-  } catch {
-    return 0;
-  }
-}
-
 const sortNum = (xs: Iterable<number>): number[] => [...xs].sort((a, b) => a - b);
 
 /** One round trip, judged like test/cr/targets.test.ts does; returns it for more checks. */

@@ -149,6 +149,7 @@ int main(int argc, char **argv)
     collect_results(PROCS);
     struct ident L = read_ident("L"), A = read_ident("A"), B = read_ident("B"), C = read_ident("C"), E = read_ident("E");
     struct ident F = read_ident("F"), G = read_ident("G"), M = read_ident("M"), N = read_ident("N");
+    if (sabotage("tree")) E.ppid = 0;
     CHECK("tree", L.sid == L.pid && L.pgid == L.pid && L.ppid == top.pid, "L: %s", ident_str(L));
     CHECK("tree", A.pgid == A.pid && A.sid == L.pid && B.pgid == A.pid && B.sid == L.pid && C.pgid == L.pid, "A: %s, B: %s, C: %s", ident_str(A), ident_str(B), ident_str(C));
     CHECK("tree", E.ppid == 1 && E.sid == L.pid && E.pgid != L.pid && E.pgid != E.pid && kill(E.pgid, 0) != 0, "E: %s", ident_str(E));
