@@ -71,6 +71,10 @@ export const C_TARGETS = [
   'threads_forker',
   'threads_signals',
   'threads_attrs',
+  'tree_session',
+  'tree_orphan',
+  'tree_wait',
+  'tree_exitsig',
 ] as const;
 /** Every target: the C ones and the Python scripts (test/fixtures/scripts/NAME.py). */
 export const TARGETS = [...C_TARGETS, 'py_loop', 'py_threads'] as const;
@@ -464,11 +468,22 @@ export function topmost(pids: readonly number[]): number[] {
   return pids.filter((p) => !set.has(ppidOf(p)));
 }
 
+/**
+ * The pids of `pids` whose parent is not among them, and when `nsPid` is
+ * given, only the one that is `nsPid` in its job (orphans of a tree have the
+ * job's init as parent too).
+ */
+function topOfJob(pids: readonly number[], nsPid?: number): number[] {
+  const top = topmost(pids);
+  if (nsPid === undefined || top.length <= 1) return top;
+  return top.filter((p) => statusField(p, 'NSpid')?.split(/\s+/).pop() === String(nsPid));
+}
+
 /** Host pid of the (topmost) target process of `job`, waiting up to `timeoutMs` for it to appear. */
-export async function waitJobPid(job: Pick<Job, 'argv'>, timeoutMs = 10_000): Promise<number> {
+export async function waitJobPid(job: Pick<Job, 'argv'> & { nsPid?: number }, timeoutMs = 10_000): Promise<number> {
   const end = Date.now() + timeoutMs;
   for (;;) {
-    const pids = topmost(processesWithArgv(job.argv));
+    const pids = topOfJob(processesWithArgv(job.argv), job.nsPid);
     if (pids.length === 1) return pids[0] as number;
     if (Date.now() > end) assert.fail(`expected one process running ${job.argv.join(' ')}, found ${JSON.stringify(pids)}`);
     await sleep(20);
@@ -489,7 +504,7 @@ export async function startJob(target: TargetName, opts: StartJobOptions = {}): 
   const nsPid = readyPid(workDir);
   let hostPids: number[] = [];
   const end = Date.now() + 5000;
-  while ((hostPids = topmost(processesWithArgv(argv))).length === 0 && Date.now() < end) await sleep(10);
+  while ((hostPids = topOfJob(processesWithArgv(argv), nsPid)).length === 0 && Date.now() < end) await sleep(10);
   assert.equal(hostPids.length, 1, `expected one host process running ${argv.join(' ')}, found ${JSON.stringify(hostPids)}`);
   return { name, target, workDir, argv, run, hostPid: hostPids[0] as number, nsPid };
 }
@@ -691,6 +706,26 @@ export function pagesFile(imageDir: string): string {
   const biggest = [...imageDataFiles(imageDir).entries()].sort((a, b) => b[1] - a[1])[0];
   assert.ok(biggest, `image ${imageDir} lists no data file`);
   return path.join(imageDir, biggest[0]);
+}
+
+/** Bytes written so far into an image directory (0 when it does not exist). */
+export function imageBytes(dir: string): number {
+  try {
+    return fs.readdirSync(dir).reduce((a, f) => a + fs.statSync(path.join(dir, f)).size, 0);
+  } catch {
+    return 0;
+  }
+}
+
+/** Damages `file` by one bit pattern in one byte past its middle (a checksum must catch it). */
+export function flipByte(file: string): void {
+  const fd = fs.openSync(file, 'r+');
+  const pos = Math.floor(fs.fstatSync(fd).size / 2) + 17;
+  const b = Buffer.alloc(1);
+  fs.readSync(fd, b, 0, 1, pos);
+  b[0] = (b[0] as number) ^ 0x5a;
+  fs.writeSync(fd, b, 0, 1, pos);
+  fs.closeSync(fd);
 }
 
 /** Copies an image directory (flat) into a fresh tracked directory. */

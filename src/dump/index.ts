@@ -10,9 +10,10 @@ import { native } from '../sys/native.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, SIG, SYS } from '../sys/constants.js';
 import { readChildren, readMaps, readStat, readStatus, readTasks, type ProcStatus } from '../proc/index.js';
-import { Thread, findSyscallInsn } from '../tracer/tracer.js';
+import { Thread, awaitGroupStop, findSyscallInsn } from '../tracer/tracer.js';
 import { ImageWriter } from '../image/writer.js';
-import { FORMAT_VERSION, IMAGE_MAGIC, type ProcessImage, type ThreadImage } from '../image/schema.js';
+import { FORMAT_VERSION, IMAGE_MAGIC, type ProcessImage, type ThreadImage, type ZombieImage } from '../image/schema.js';
+import { planTree, type TreeNode } from '../restore/treeplan.js';
 import { KINDS } from '../kinds/registry.js';
 import { ScratchAllocator, unsupported, type DumpContext } from '../kinds/types.js';
 import { jobOfPid, listJobs, loadJob, saveJob, type JobRecord } from '../jobs/registry.js';
@@ -67,8 +68,10 @@ export interface DumpResult {
 
 interface Target {
   pid: number;
-  /** Every process of the job (host PIDs), parents before children. */
+  /** Every live process of the job (host PIDs), parents before children. */
   members: number[];
+  /** Exited children of members not yet reaped (host PIDs; in a job only). */
+  zombies: number[];
   /** The job's init; null for a process outside any job (dumped with its descendants, PID mode host). */
   initPid: number | null;
   record: JobRecord | null;
@@ -111,9 +114,9 @@ function resolveTarget(opts: DumpOptions): Target {
     if (job.members.length === 0) throw new CrestError('NO_SUCH_PROCESS', `job of pid ${pid} has no process left`);
     pid = job.members[0]!;
   }
-  const members = treeMembers(job.initPid);
+  const { live: members, zombies } = treeMembers(job.initPid);
   if (members.length === 0) throw new CrestError('NO_SUCH_PROCESS', `job of pid ${pid} has no process left`);
-  return { pid: members[0]!, members, initPid: job.initPid, record: record ?? job.record };
+  return { pid: members[0]!, members, zombies, initPid: job.initPid, record: record ?? job.record };
 }
 
 /**
@@ -136,9 +139,9 @@ function hostTarget(pid: number, status: ProcStatus, record: JobRecord | null): 
     throw new CrestError('NOT_A_JOB', `pid ${pid} (${status.name}) was not started by crest run, and no PID mode for processes outside a job is available (${c.why}). ${advice}`);
   }
   record ??= listJobs().find((r) => r.initPid === status.ppid) ?? null;
-  const members = [pid, ...treeMembers(pid)];
+  const members = [pid, ...treeMembers(pid).live];
   const uid = process.getuid!();
-  for (const m of members.slice(1)) {
+  for (const m of members) {
     let st: ProcStatus;
     try {
       st = readStatus(m);
@@ -148,40 +151,47 @@ function hostTarget(pid: number, status: ProcStatus, record: JobRecord | null): 
     if (uid !== 0 && st.uid.some((u) => u !== uid)) {
       throw new CrestError('NOT_YOURS', `pid ${pid} has a descendant, pid ${m} (${st.name}), that belongs to uid ${st.uid[0]}; you (uid ${uid}) can only checkpoint your own processes`);
     }
+    for (const c of readChildren(m)) {
+      let state = '';
+      try {
+        state = readStatus(c).state;
+      } catch {
+        continue; // reaped meanwhile
+      }
+      if (state === 'Z' || state === 'X') {
+        throw unsupported(c, 'zombie', `it has exited and its parent (pid ${m}) has not reaped it yet; outside a crest job zombies are not given back (start the program with \`crest run -- CMD\`: a job keeps them)`);
+      }
+    }
   }
-  return { pid, members, initPid: null, record };
+  return { pid, members, zombies: [], initPid: null, record };
 }
 
 /** Refusals that need only /proc (the process keeps running untouched). */
-function refuseUnsupported(pid: number, initPid: number | null, members: number[]): void {
+function refuseUnsupported(pid: number, initPid: number | null, known: number[]): void {
   const status = readStatus(pid);
   const stat = readStat(pid);
-  const kids = readChildren(pid).filter((k) => !members.includes(k));
+  const kids = readChildren(pid).filter((k) => !known.includes(k));
   if (kids.length > 0) {
     throw unsupported(pid, 'children', `it started child processes (${kids.join(', ')}) while being checked; try again`);
-  }
-  // Sessions and process groups made inside the job are not recreated yet
-  // (outside a job, restore makes the process lead its session or group again, see pids/host.ts).
-  const depth = status.nspid.length;
-  for (const [what, id] of [['process group', stat.pgrp], ['session', stat.session]] as const) {
-    if (id <= 0 || initPid === null) continue;
-    let inside = false;
-    try {
-      inside = readStatus(id).nspid.length === depth;
-    } catch {
-      inside = false;
-    }
-    if (inside) throw unsupported(pid, what, `it leads or joined a ${what} created inside the job (id ${id}); not supported yet`);
   }
   if (status.tracerPid !== 0) {
     throw unsupported(pid, 'tracer', `it is already traced by pid ${status.tracerPid}`);
   }
-  if (status.state === 'T' || status.state === 't') {
-    throw unsupported(pid, 'state', 'it is stopped; resume it (kill -CONT) first');
+  // In a job, stopped processes and zombies are part of the tree (kinds/tree.ts, restore/treeplan.ts).
+  if (initPid === null && (status.state === 'T' || status.state === 't')) {
+    throw unsupported(pid, 'state', 'it is stopped; resume it (kill -CONT) first, or start it with `crest run -- CMD`: a job keeps stopped processes stopped');
   }
-  if (status.state === 'Z' || status.state === 'X') throw unsupported(pid, 'zombie', 'it has exited and its parent has not reaped it yet; zombies are not supported yet');
+  if (status.state === 'Z' || status.state === 'X') throw unsupported(pid, 'zombie', 'it has exited and its parent has not reaped it yet');
   const nsPid = status.nspid[status.nspid.length - 1]!;
   for (const k of KINDS) k.check?.({ hostPid: pid, nsPid, status, stat, initHostPid: initPid });
+}
+
+/** A zombie of the tree comes back as a zombie, unless it is the exited main thread of a process whose other threads run. */
+function refuseZombie(pid: number): void {
+  const tasks = readTasks(pid);
+  if (tasks.length > 1) {
+    throw unsupported(pid, 'zombie', `its main thread exited while ${tasks.length - 1} other thread(s) run; not supported`);
+  }
 }
 
 /** Checkpoints one process of a crest job into opts.dir. */
@@ -194,7 +204,9 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
   const target = runner.run('resolve', () => resolveTarget(opts));
   const pid = target.pid;
   runner.run('check', () => {
-    for (const m of target.members) refuseUnsupported(m, target.initPid, target.members);
+    const known = [...target.members, ...target.zombies];
+    for (const m of target.members) refuseUnsupported(m, target.initPid, known);
+    for (const z of target.zombies) refuseZombie(z);
   });
   const writer = runner.run('open-image', () => ImageWriter.create(opts.dir, { force: !!opts.force }));
   const pidMode = target.initPid === null ? 'host' : 'userns';
@@ -213,16 +225,40 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
     const tracking = opts.pages ? runner.run('parent', () => openPageTracking(opts.pages!, opts.dir)) : undefined;
     runner.run('freeze', () => {
       for (const m of target.members) frozen.set(m, freeze(m));
-      // A process created while we froze the tree would be missed: look again.
-      const again = target.initPid === null ? [target.pid, ...treeMembers(target.pid)] : treeMembers(target.initPid);
-      const extra = again.filter((m) => !frozen.has(m));
-      if (extra.length > 0) throw unsupported(extra[0]!, 'process tree', 'a process was created while the tree was being frozen; try again');
+      // A process created (or exited) while we froze the tree would be missed: look again.
+      if (target.initPid === null) {
+        const extra = treeMembers(target.pid).live.filter((m) => !frozen.has(m));
+        if (extra.length > 0) throw unsupported(extra[0]!, 'process tree', 'a process was created while the tree was being frozen; try again');
+        return;
+      }
+      const again = treeMembers(target.initPid);
+      const changed = again.live.find((m) => !frozen.has(m)) ?? again.zombies.find((z) => !target.zombies.includes(z));
+      if (changed !== undefined) throw unsupported(changed, 'process tree', 'a process was created or exited while the tree was being frozen; try again');
     });
-    const procs: ProcessImage[] = [];
-    for (const m of target.members) {
-      const ctx = newContext(m, frozen.get(m)!, target, writer, warnings);
+    const contexts = target.members.map((m) => newContext(m, frozen.get(m)!, target, writer, warnings));
+    // Which stops each parent has yet to collect: asked in the parent's injection window.
+    const nsOfHost = new Map(contexts.map((c) => [c.hostPid, c.nsPid]));
+    const treeOf = (parentHost: number): NonNullable<DumpContext['tree']> | undefined => {
+      const parent = contexts.find((p) => p.hostPid === parentHost);
+      if (parent) parent.tree ??= { stoppedChildren: [], unreported: new Set(), zombies: [], status: new Map() };
+      return parent?.tree;
+    };
+    for (const c of contexts) if (c.thread.groupStop) treeOf(c.status.ppid)?.stoppedChildren.push(c.nsPid);
+    for (const z of target.zombies) {
+      const st = readStatus(z);
+      treeOf(st.ppid)?.zombies.push(st.nspid[st.nspid.length - 1]!);
+    }
+    for (const ctx of contexts) {
       ctx.pageTracking = tracking;
       runner.run(`inject:${ctx.nsPid}`, () => injectionWindow(ctx));
+    }
+    const waitStatus = new Map(contexts.flatMap((c) => [...(c.tree?.status ?? [])]));
+    const zombies = target.initPid === null ? [] : target.zombies.map((z) => zombieImage(z, nsOfHost, waitStatus));
+    // A tree restore could not rebuild is refused now, before any memory is read.
+    if (target.initPid !== null) runner.run('tree', () => checkTree(contexts, zombies));
+    const unreported = new Set(contexts.flatMap((c) => [...(c.tree?.unreported ?? [])]));
+    const procs: ProcessImage[] = [];
+    for (const ctx of contexts) {
       await runner.runAsync(`collect:${ctx.nsPid}`, async () => {
         for (const k of KINDS) {
           if (k.name !== 'memory') await k.dump?.(ctx);
@@ -230,7 +266,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
         }
       });
       await runner.runAsync(`memory:${ctx.nsPid}`, async () => KINDS.find((k) => k.name === 'memory')!.dump!(ctx));
-      procs.push(finishProcess(ctx, target));
+      procs.push(finishProcess(ctx, target, unreported));
     }
     const manifest = runner.run('manifest', () =>
       writer.commit({
@@ -248,6 +284,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
         job: { name: target.record?.name ?? null, pidMode, uid: process.getuid!(), gid: process.getgid!() },
         ...(parentRef(tracking ?? null) ? { parent: parentRef(tracking ?? null) } : {}),
         processes: procs,
+        ...(zombies.length > 0 ? { zombies } : {}),
       }),
     );
     committed = true;
@@ -268,11 +305,13 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           /* the init already went with its last process */
         }
       } else {
-        for (const threads of frozen.values()) {
-          for (const th of threads) {
+        // Children before parents, each stopped one back in its stop before its parent runs on.
+        for (const threads of [...frozen.values()].reverse()) {
+          for (const th of [...threads].reverse()) {
             th.restoreOriginal();
             th.detach();
           }
+          if (threads[0]?.groupStop) awaitGroupStop(threads[0].tid);
         }
       }
     });
@@ -292,7 +331,10 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
   } catch (e) {
     // Never leave a half image that looks complete, and never leave a process stopped or changed.
     if (!committed) writer.abort();
-    for (const threads of frozen.values()) for (const th of threads) th.release();
+    for (const threads of [...frozen.values()].reverse()) {
+      for (const th of [...threads].reverse()) th.release();
+      if (threads[0]?.groupStop) awaitGroupStop(threads[0].tid);
+    }
     const gone = target.members.find((m) => !processExists(m));
     if (gone !== undefined) {
       throw new CrestError('PROCESS_VANISHED', `pid ${gone} exited during the checkpoint (${(e as Error).message}); no image was written`, { cause: e });
@@ -326,17 +368,71 @@ function newContext(pid: number, threads: Thread[], target: Target, writer: Imag
   return ctx;
 }
 
-/** Every process below `initPid` (a job's init, or the top of a tree outside a job), parents before children. */
-function treeMembers(initPid: number): number[] {
-  const out: number[] = [];
+/**
+ * Every process below `initPid` (a job's init, or the top of a tree outside a
+ * job), parents before children, and the
+ * zombies among them. A zombie child of the init is left out: a job's init reaps
+ * it at once (it is no one's to wait for).
+ */
+function treeMembers(initPid: number): { live: number[]; zombies: number[] } {
+  const live: number[] = [];
+  const zombies: number[] = [];
   const walk = (p: number): void => {
     for (const c of readChildren(p)) {
-      out.push(c);
+      let state: string;
+      try {
+        state = readStatus(c).state;
+      } catch {
+        continue; // reaped meanwhile
+      }
+      if (state === 'Z' || state === 'X') {
+        if (p !== initPid) zombies.push(c);
+        continue;
+      }
+      live.push(c);
       walk(c);
     }
   };
   walk(initPid);
-  return out;
+  return { live, zombies };
+}
+
+/** The image of a zombie of the tree (its parent is frozen: it stays as it is). */
+function zombieImage(hostPid: number, nsOfHost: Map<number, number>, waitStatus: Map<number, number>): ZombieImage {
+  const st = readStatus(hostPid);
+  const stat = readStat(hostPid);
+  const last = (a: number[]): number => a[a.length - 1] ?? 0;
+  const status = waitStatus.get(last(st.nspid));
+  if (status === undefined) throw unsupported(hostPid, 'zombie', 'its parent does not see its exit (waitid); try again');
+  return {
+    pid: last(st.nspid),
+    ppid: nsOfHost.get(st.ppid) ?? 0,
+    pgid: last(st.nspgid),
+    sid: last(st.nssid),
+    exitSignal: stat.exit_signal,
+    status,
+  };
+}
+
+/** Refuses a tree that restore could not rebuild (restore/treeplan.ts), naming the process. */
+function checkTree(contexts: DumpContext[], zombies: ZombieImage[]): void {
+  const last = (a: number[]): number => a[a.length - 1] ?? 0;
+  const nodes: TreeNode[] = contexts.map((c) => ({
+    pid: c.nsPid,
+    ppid: c.status.ppid === c.initHostPid ? 1 : (contexts.find((p) => p.hostPid === c.status.ppid)?.nsPid ?? 0),
+    pgid: last(c.status.nspgid),
+    sid: last(c.status.nssid),
+    exitSignal: c.stat.exit_signal,
+    subreaper: c.proc.prctl?.childSubreaper ?? false,
+    zombie: false,
+  }));
+  nodes.push(...zombies.map((z) => ({ ...z, subreaper: false, zombie: true })));
+  try {
+    planTree(nodes, { usedIds: contexts.flatMap((c) => c.threads.map((t) => t.thr.tid!)) });
+  } catch (e) {
+    if (e instanceof CrestError) throw new CrestError(e.code, `${e.message}; the processes were left running untouched`, { cause: e });
+    throw e;
+  }
 }
 
 /** The thread's id inside the job's pid namespace. */
@@ -440,15 +536,22 @@ function injectionWindow(ctx: DumpContext): void {
   }
 }
 
-function finishProcess(ctx: DumpContext, target: Target): ProcessImage {
+function finishProcess(ctx: DumpContext, target: Target, unreported: Set<number>): ProcessImage {
   const s = ctx.stat;
   const initPid = target.initPid;
   // Outside a job the top process's parent is not given back (the restored
   // process is crest-pidhelper's child): 0. Its descendants' parents are in the tree.
   const ppid = ctx.status.ppid;
   ctx.proc.ppid = initPid === null ? (target.members.includes(ppid) ? ppid : 0) : ppid === initPid ? 1 : nsOf(ctx, ppid);
-  ctx.proc.pgid = s.pgrp > 0 ? nsOf(ctx, s.pgrp) : 0;
-  ctx.proc.sid = s.session > 0 ? nsOf(ctx, s.session) : 0;
+  if (initPid === null) {
+    ctx.proc.pgid = s.pgrp > 0 ? nsOf(ctx, s.pgrp) : 0;
+    ctx.proc.sid = s.session > 0 ? nsOf(ctx, s.session) : 0;
+  } else {
+    // As the job sees them (0: outside it), also when the group's or session's leader has exited.
+    ctx.proc.pgid = ctx.status.nspgid[ctx.status.nspgid.length - 1] ?? 0;
+    ctx.proc.sid = ctx.status.nssid[ctx.status.nssid.length - 1] ?? 0;
+  }
+  if (ctx.thread.groupStop) ctx.proc.stopped = { signal: ctx.thread.groupStop, reported: !unreported.has(ctx.nsPid) && ctx.proc.ppid !== 1 };
   return { ...(ctx.proc as ProcessImage), threads: ctx.threads.map((s) => s.thr as ThreadImage) };
 }
 

@@ -495,6 +495,25 @@ export const ProcessSchema = v.strictObject({
   /** Signals pending for the whole process (shared queue). */
   sharedPending: v.array(SiginfoSchema),
   threads: v.pipe(v.array(ThreadSchema), v.minLength(1)),
+  /** Signal the parent gets when it exits (clone's exit_signal; absent: 17, SIGCHLD; 0: none). */
+  exitSignal: v.optional(v.pipe(int, v.minValue(0), v.maxValue(64))),
+  /**
+   * Stopped by a signal (SIGSTOP, SIGTSTP ...; state T): it comes back
+   * stopped until a SIGCONT. `reported`: its parent already collected the
+   * stop (waitpid with WUNTRACED); otherwise the parent's next such wait reports it.
+   */
+  stopped: v.optional(v.strictObject({ signal: v.pipe(int, v.minValue(1), v.maxValue(64)), reported: v.boolean() })),
+});
+
+/** A child that exited and that its parent (a process of the image) has not reaped yet. */
+export const ZombieSchema = v.strictObject({
+  pid: v.pipe(int, v.minValue(2)),
+  ppid: v.pipe(int, v.minValue(2)),
+  pgid: v.pipe(int, v.minValue(0)),
+  sid: v.pipe(int, v.minValue(0)),
+  exitSignal: v.pipe(int, v.minValue(0), v.maxValue(64)),
+  /** Its wait status: exit code << 8, or the terminating signal (| 0x80 when it dumped core). */
+  status: v.pipe(u, v.maxValue(0xffff)),
 });
 
 export const ManifestSchema = v.strictObject({
@@ -538,6 +557,8 @@ export const ManifestSchema = v.strictObject({
     }),
   ),
   processes: v.pipe(v.array(ProcessSchema), v.minLength(1)),
+  /** Exited children not yet reaped by their parents (absent: none). */
+  zombies: v.optional(v.array(ZombieSchema)),
   /**
    * CRC-32 of the canonical serialisation (src/image/canonical.ts) of this
    * manifest with `checksum` set to "00000000": a hand-edited manifest fails it.
@@ -548,6 +569,7 @@ export const ManifestSchema = v.strictObject({
 export type Manifest = v.InferOutput<typeof ManifestSchema>;
 export type ProcessImage = v.InferOutput<typeof ProcessSchema>;
 export type ThreadImage = v.InferOutput<typeof ThreadSchema>;
+export type ZombieImage = v.InferOutput<typeof ZombieSchema>;
 export type VmaImage = v.InferOutput<typeof VmaSchema>;
 export type SharedObjectImage = v.InferOutput<typeof SharedObjectSchema>;
 export type OpenFileImage = v.InferOutput<typeof OpenFileSchema>;

@@ -222,6 +222,15 @@ export function checkSemantics(m: Manifest, limit = 5): string[] {
       }
     }
   }
+  for (let zi = 0; zi < (m.zombies ?? []).length; zi++) {
+    const z = m.zombies![zi]!;
+    if (pids.has(z.pid) || m.zombies!.slice(0, zi).some((o) => o.pid === z.pid)) {
+      if (add(`zombies[${zi}].pid`, `pid ${z.pid} is already used`)) return problems;
+    }
+    if (!pids.has(z.ppid)) {
+      if (add(`zombies[${zi}].ppid`, `parent ${z.ppid} is not a process of the image`)) return problems;
+    }
+  }
   return problems;
 }
 

@@ -36,6 +36,12 @@ export interface DumpContext {
   warnings: string[];
   /** Incremental checkpoints: hash every page, compare with the parent's (kinds/pagetrack.ts). */
   pageTracking?: PageTracking;
+  /**
+   * Process trees (kinds/tree.ts): its stopped children and its zombies
+   * (pids in the job); filled in: the stops it has not collected yet, and
+   * the wait status each zombie has for it.
+   */
+  tree?: { stoppedChildren: number[]; unreported: Set<number>; zombies: number[]; status: Map<number, number> };
 }
 
 /** One frozen thread and the image being filled in for it. */

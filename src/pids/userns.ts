@@ -6,6 +6,7 @@ import type { Manifest } from '../image/schema.js';
 import { Helper } from '../jobs/supervise.js';
 import { CrestError } from '../sys/errors.js';
 import { readUntil } from './lines.js';
+import { planImageTree } from '../restore/treebuild.js';
 import type { Husks, PidMode } from './types.js';
 
 export const userns: PidMode = {
@@ -17,7 +18,9 @@ export const userns: PidMode = {
     }
   },
   spawn(m, opts) {
-    const tasks = m.processes.flatMap((p) => ['--task', p.ppid > 1 ? `${p.pid}:${p.ppid}` : String(p.pid)]);
+    // The helper makes the children of the job's init (the first process
+    // first: the helper's init waits for it as the job); restore forks the rest.
+    const tasks = planImageTree(m).initForks.flatMap((f) => ['--task', String(f.pid)]);
     return new Helper('restore', tasks, { detached: opts.detached });
   },
   async awaitHusks(helper) {

@@ -8,7 +8,8 @@ import type { Manifest, ProcessImage } from '../image/schema.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, RSEQ_FLAG_UNREGISTER, SIG, SYS } from '../sys/constants.js';
 import { native } from '../sys/native.js';
-import { Thread, sleepMs } from '../tracer/tracer.js';
+import { Thread, awaitGroupStop } from '../tracer/tracer.js';
+import { buildTree, planImageTree } from './treebuild.js';
 import { ScratchAllocator, type RestoreContext } from '../kinds/types.js';
 import { checkRestoredLayout, findFree, mapImageMemory, preflightMemory, replaceHuskMemory, vdsoSizes } from '../kinds/memory.js';
 import { preflightFiles } from '../kinds/files.js';
@@ -79,6 +80,8 @@ function preflight(dir: string): Manifest {
     preflightFiles(proc, m);
     verifyFile(proc.exe, 'executable');
   }
+  // The tree (parents, sessions, groups, zombies) must be one restore can build.
+  if (m.job.pidMode === 'userns') planImageTree(m);
   return m;
 }
 
@@ -108,18 +111,28 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     const initStart = readStat(initPid).starttime;
     const objects = new SharedObjects();
     const finish: (() => void)[] = [];
+    // The whole tree first, while the husks are small: parents, sessions,
+    // groups, zombies, stops (restore/treebuild.ts).
+    const mains = runner.run('tree', () => buildTree(manifest, husks, held, choice.mode.huskPrivileged));
     for (const proc of manifest.processes) {
-      const huskPid = husks.pids.get(proc.pid);
-      if (huskPid === undefined) throw new CrestError('HELPER_FAILED', `the helper did not report a husk for pid ${proc.pid}`);
-      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, huskPid, husks, held, warnings, unprivileged, objects));
+      const main = mains.get(proc.pid);
+      if (main === undefined) throw new CrestError('HELPER_FAILED', `the helper did not report a husk for pid ${proc.pid}`);
+      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, main, husks, held, warnings, unprivileged, objects));
     }
     // Registers go in only once every process is built: until then a husk
     // may still hand an object it made (a memfd ...) to a later one, and
     // each closes its copies of them from its scratch area, still mapped.
     for (const f of finish) f();
     // Everything is in place: let every thread of every process go.
+    // Children before their parents: a parent that runs first must find its
+    // children as they were (a stopped one stopped, not still held by us).
+    // A stopped one is let go first and seen in its stop (it gets there once it runs) before its parent goes on.
+    const stopped = new Set(manifest.processes.filter((p) => p.stopped).map((p) => mains.get(p.pid)!));
     runner.run('resume', () => {
-      for (const th of held) th.detach();
+      for (const th of [...held].reverse()) {
+        th.detach();
+        if (stopped.has(th)) awaitGroupStop(th.tid);
+      }
     });
     saveJob({
       name: jobName,
@@ -166,7 +179,7 @@ async function restoreProcess(
   manifest: Manifest,
   proc: ProcessImage,
   dir: string,
-  huskPid: number,
+  t: Thread,
   husks: Husks,
   held: Thread[],
   warnings: string[],
@@ -174,13 +187,10 @@ async function restoreProcess(
   objects: SharedObjects,
 ): Promise<() => void> {
   const tag = manifest.processes.length > 1 ? `:${proc.pid}` : '';
+  const huskPid = t.tid;
   // Threads the PID helper made already (cap, cycle) are held from the start
   // too: none of the husk may run while its memory is replaced.
-  const { t, made } = runner.run(`seize${tag}`, () => {
-    const main = seizeParked(huskPid);
-    held.push(main);
-    return { t: main, made: seizeMadeThreads(proc, husks, held) };
-  });
+  const made = runner.run(`seize${tag}`, () => seizeMadeThreads(proc, husks, held));
   const ctx: RestoreContext = {
     manifest,
     proc,
@@ -243,22 +253,6 @@ async function restoreProcess(
 
 /** CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM */
 const THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000;
-
-/**
- * Seizes a husk once it is parked in pause(): a husk reports itself ready a
- * moment before it closes its report pipe and parks, and one seized in that
- * moment would carry the pipe into the restored process. Not yet parked: let
- * it go on and look again (bounded).
- */
-function seizeParked(pid: number): Thread {
-  const PAUSE = 34n;
-  for (let tries = 0; ; tries++) {
-    const t = Thread.seize(pid, { exitKill: true, traceClone: true, holdSignals: true });
-    if (t.origRegs[15] === PAUSE || tries >= 500) return t;
-    t.release();
-    sleepMs(2);
-  }
-}
 
 /** Seizes the threads the PID helper made with the image's TIDs (cap, cycle modes), by image TID. */
 function seizeMadeThreads(proc: ProcessImage, husks: Husks, held: Thread[]): Map<number, Thread> {

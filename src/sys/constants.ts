@@ -31,6 +31,9 @@ export const SYS = {
   umask: 95,
   setpgid: 109,
   setsid: 112,
+  wait4: 61,
+  waitid: 247,
+  kill: 62,
   getpriority: 140,
   setpriority: 141,
   sched_setscheduler: 144,
@@ -61,6 +64,7 @@ export const PTRACE_O = {
 
 export const PTRACE_EVENT_STOP = 128;
 export const PTRACE_EVENT_CLONE = 3;
+export const PTRACE_EVENT_FORK = 1;
 export const __WALL = 0x40000000;
 export const WNOHANG = 1;
 

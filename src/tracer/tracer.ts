@@ -5,7 +5,7 @@
 import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { native } from '../sys/native.js';
 import { CrestError, SyscallError, errnoName } from '../sys/errors.js';
-import { NT, PTRACE_EVENT_CLONE, PTRACE_EVENT_STOP, SIG, WNOHANG, __WALL } from '../sys/constants.js';
+import { NT, PTRACE_EVENT_CLONE, PTRACE_EVENT_FORK, PTRACE_EVENT_STOP, SIG, WNOHANG, __WALL } from '../sys/constants.js';
 import { REG_NAMES, type RegName, type Regs } from '../image/schema.js';
 import { faultArg, stall } from '../fault.js';
 
@@ -95,8 +95,10 @@ export class Thread {
   readonly origSigmask: bigint;
   /** Signals dequeued while we were stopping the thread; re-queued on release or saved in the image. */
   readonly caughtSignals: Buffer[] = [];
-  /** Threads created by injected clones (host tids), attached to us, not yet adopted. */
+  /** Threads and processes created by injected clones (host tids), attached to us, not yet adopted. */
   readonly newThreads: number[] = [];
+  /** The signal that had stopped the thread's process when we seized it (group-stop: SIGSTOP, SIGTSTP ...); 0: it ran. */
+  groupStop = 0;
   private syscallSite = 0;
   private injecting = false;
   private memFd = -1;
@@ -119,13 +121,14 @@ export class Thread {
    * rt signal queued meanwhile would overtake it). `holdSignals` (husks,
    * whose signals mean nothing) keeps it in caughtSignals instead.
    */
-  static seize(tid: number, opts: { exitKill?: boolean; traceClone?: boolean; timeoutMs?: number; holdSignals?: boolean } = {}): Thread {
+  static seize(tid: number, opts: { exitKill?: boolean; traceClone?: boolean; traceFork?: boolean; timeoutMs?: number; holdSignals?: boolean } = {}): Thread {
     const n = native();
-    n.ptraceSeize(tid, (opts.exitKill ? 0x100000 : 0) | (opts.traceClone ? 8 : 0));
+    n.ptraceSeize(tid, (opts.exitKill ? 0x100000 : 0) | (opts.traceClone ? 8 : 0) | (opts.traceFork ? 2 : 0));
     // Tests widen the moment between seizing and stopping, where a thread may exit.
     const stallMs = faultArg('stall-in-seize');
     if (stallMs !== null) stall(Number(stallMs));
     const caught: Buffer[] = [];
+    let groupStop = 0;
     try {
       n.ptraceInterrupt(tid);
       for (;;) {
@@ -134,12 +137,11 @@ export class Thread {
           throw new CrestError('TASK_GONE', `task ${tid} ended while being frozen (${describeStatus(st)})`);
         }
         if (st.event === PTRACE_EVENT_STOP) {
-          if (st.signal === SIG.SIGTRAP) break;
-          // A group-stop (the task was stopped by SIGSTOP & co.): not supported yet.
-          throw new CrestError(
-            'TASK_STOPPED',
-            `task ${tid} is stopped by signal ${st.signal}; resume it (kill -CONT) before checkpointing`,
-          );
+          // A group-stop (the process was stopped by SIGSTOP & co.) reports its
+          // stop signal: the task stays stopped for us like any other, and
+          // goes back to its group-stop when we detach (the kernel sees to it).
+          if (st.signal !== SIG.SIGTRAP) groupStop = st.signal;
+          break;
         }
         // Signal-delivery stop: deliver it (or, for husks, keep it for later
         // and suppress it); the pending interrupt then stops the task.
@@ -154,6 +156,7 @@ export class Thread {
       const mask = n.ptraceGetSigmask(tid);
       const t = new Thread(tid, regs, mask);
       t.caughtSignals.push(...caught);
+      t.groupStop = groupStop;
       return t;
     } catch (e) {
       try {
@@ -244,8 +247,8 @@ export class Thread {
       if (st.kind !== 'stopped') {
         throw new CrestError('TASK_GONE', `task ${this.tid} ended during an injected system call ${nr} (${describeStatus(st)})`);
       }
-      if (st.event === PTRACE_EVENT_CLONE) {
-        // An injected clone made a thread; it is attached to us (TRACECLONE).
+      if (st.event === PTRACE_EVENT_CLONE || st.event === PTRACE_EVENT_FORK) {
+        // An injected clone made a thread or a process; it is attached to us (TRACECLONE, TRACEFORK).
         this.newThreads.push(Number(n.ptraceGetEventMsg(this.tid)));
       } else if (st.signal === SIG.SIGTRAP && st.event === 0) {
         break;
@@ -412,6 +415,23 @@ export function tgidOf(tid: number): number {
     return m ? Number(m[1]) : tid;
   } catch {
     return tid;
+  }
+}
+
+/**
+ * Waits (bounded, 2 s) until a process we let go in a group-stop is back in
+ * it (state T): it gets there only once it runs, and whoever looks at it
+ * next (its parent) must find it stopped.
+ */
+export function awaitGroupStop(pid: number): void {
+  for (let i = 0; i < 400; i++) {
+    try {
+      const st = readFileSync(`/proc/${pid}/stat`, 'latin1');
+      if (st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3) === 'T') return;
+    } catch {
+      return; // gone: nothing to wait for
+    }
+    sleepMs(5);
   }
 }
 

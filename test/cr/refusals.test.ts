@@ -24,6 +24,7 @@ import {
   expectCheckpointed,
   expectKilled,
   expectRunningUntraced,
+  flipByte,
   jobTargetPids,
   pagesFile,
   processAlive,
@@ -213,16 +214,7 @@ describe('restore refuses a bad image, creating no process', () => {
   test('a flipped byte in the pages file', { timeout: TIMEOUT }, async () => {
     await refused(
       'a flipped byte in the pages file',
-      (dir) => {
-        const f = pagesFile(dir);
-        const fd = fs.openSync(f, 'r+');
-        const pos = Math.floor(fs.fstatSync(fd).size / 2) + 17;
-        const b = Buffer.alloc(1);
-        fs.readSync(fd, b, 0, 1, pos);
-        b[0] = (b[0] as number) ^ 0x5a;
-        fs.writeSync(fd, b, 0, 1, pos);
-        fs.closeSync(fd);
-      },
+      (dir) => flipByte(pagesFile(dir)),
       /checksum|crc|corrupt|damaged/i,
     );
   });

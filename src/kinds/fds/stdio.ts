@@ -7,7 +7,8 @@
 // echo off for a password or went raw for a full-screen display expects its
 // terminal to stay that way, so they are given to crest restore's terminal.
 // The job's session and process group are not its own: they live outside its
-// pid namespace, in crest run's (any made inside the job is refused at dump).
+// pid namespace, in crest run's (those made inside the job are rebuilt with
+// the tree, restore/treeplan.ts, and have no controlling terminal).
 // Restored, the job joins crest restore's session and process group, as it
 // was in crest run's: it is in the foreground of the new terminal exactly
 // when crest restore is, that terminal is its controlling one, and the
