@@ -95,7 +95,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
       let r;
       const prev = opts.resumeProgress ? setProgressSink(opts.resumeProgress) : undefined;
       try {
-        r = await restore({ dir: e.path, name: opts.name });
+        r = await restore({ dir: e.path, name: opts.name, trackPages: true });
       } catch (err) {
         cd.event('resume-failed', { checkpoint: e.name, code: (err as CrestError).code ?? null, error: (err as Error).message });
         throw new CrestError((err as CrestError).code ?? 'RESTORE_FAILED', `cannot resume from ${e.path}: ${(err as Error).message}`, { cause: err });

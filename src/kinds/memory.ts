@@ -15,7 +15,8 @@ import { MADV, MAP, MREMAP, O, PAGE_SIZE, PROT, SYS } from '../sys/constants.js'
 import { CrestError } from '../sys/errors.js';
 import type { VmaImage } from '../image/schema.js';
 import { fileIdentity, verifyFile } from './fileid.js';
-import { HashingCopier } from './pagetrack.js';
+import { HashingCopier, IntervalCursor } from './pagetrack.js';
+import { prepareTracker } from './uffdwp.js';
 import { progressSink } from '../progress.js';
 import { chainOf, pagePieces, type ChainLink, type PagePiece } from '../image/chain.js';
 import { unsupported, type DumpContext, type Kind, type RestoreContext } from './types.js';
@@ -70,6 +71,8 @@ export const memory: Kind = {
     }
   },
   dumpInjected(ctx) {
+    // Kernel write tracking: which pages were written since the parent, and the tracker armed for the next checkpoint.
+    prepareTracker(ctx);
     // Pages of shared memory objects in memory but not mapped here (mincore): asked from inside the process.
     collectResidency(ctx);
   },
@@ -97,6 +100,9 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
   const copier = new PageCopier(pid, memFd, out);
   // Incremental checkpoints: pages hashed, compared with the parent's (kinds/pagetrack.ts).
   const hasher = ctx.pageTracking ? new HashingCopier(pid, memFd, out, buffers(), ctx.pageTracking, ctx.nsPid) : null;
+  // Pages the kernel vouches were not written since the parent (private anonymous memory only): not read.
+  const tracker = ctx.pageTracking?.uffd?.procs.get(ctx.nsPid);
+  const unchanged = tracker?.unchanged ? new IntervalCursor(tracker.unchanged) : undefined;
   const pmBuf = Buffer.allocUnsafe(8 * 65536);
   progressSink()?.start('checkpoint', anonRss(pid));
   try {
@@ -134,7 +140,7 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
         if (kind === 'shmem-anon' || kind === 'memfd' || kind === 'deleted') candidates = sharedCandidates(ctx, e, kind, obj, candidates);
         if (hasher) {
           // A zero page may be left out wherever the restored page reads zero without it: not over a memfd's private mapping.
-          const r = await hasher.copy(e.start, candidates, kind !== 'file' && !(kind === 'memfd' && !e.shared));
+          const r = await hasher.copy(e.start, candidates, kind !== 'file' && !(kind === 'memfd' && !e.shared), kind === 'anon' && !e.shared ? unchanged : undefined);
           vma.runs = r.runs;
           if (r.inherited.length > 0) vma.inherited = r.inherited;
         } else {
@@ -158,6 +164,16 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
   ctx.proc.pagesFile = pagesName;
   out.close();
   if (hasher) ctx.proc.hashesFile = hasher.writeHashes(ctx.writer, ctx.nsPid);
+  // An incremental image says how it found what changed.
+  if (hasher && ctx.pageTracking?.parent) {
+    const why = tracker ? tracker.why : 'not in a crest job';
+    ctx.proc.tracking = {
+      method: tracker && !tracker.why ? 'uffd-wp' : 'page-hash',
+      ...(why ? { why } : {}),
+      trackedPages: hasher.trackedPages,
+      readPages: hasher.readPages,
+    };
+  }
 }
 
 /** Anonymous and shared memory the process holds (RssAnon + RssShmem): about what a checkpoint reads. */

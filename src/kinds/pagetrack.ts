@@ -19,6 +19,7 @@ import { CrestError } from '../sys/errors.js';
 import { native } from '../sys/native.js';
 import { PAGE_SIZE } from '../sys/constants.js';
 import { progressSink } from '../progress.js';
+import { openUffdTracking, type TrackedJob, type UffdTracking } from './uffdwp.js';
 
 /** What dump() is told to do about page tracking. */
 export interface PageTrackingOptions {
@@ -50,24 +51,27 @@ export interface PageTracking {
   /** Set once any page was inherited: only then does the image depend on its parent. */
   inheritedAny: boolean;
   compress: boolean;
+  /** Kernel write tracking (./uffdwp.ts), for a job's processes; null: page hashes only. */
+  uffd: UffdTracking | null;
 }
 
 /**
  * Loads what an incremental dump into `childDir` needs of the image in
  * `parentDir`: its page hashes (checked against their CRC-32). A parent
  * without hashes (a version 1 image, `crest dump`) cannot serve: null.
+ * A job's processes are tracked by the kernel too (./uffdwp.ts).
  */
-export function openPageTracking(opts: PageTrackingOptions, childDir: string): PageTracking {
+export function openPageTracking(opts: PageTrackingOptions, childDir: string, job: TrackedJob | null = null): PageTracking {
   const compress = !!opts.compress;
   if (compress && native().zstdVersion() === null) {
     throw new CrestError('NO_ZSTD', "crest's native addon was built without libzstd, so it cannot compress; install libzstd-dev and rebuild crest (npm rebuild), or leave out --compress");
   }
-  if (!opts.parentDir) return { parent: null, inheritedAny: false, compress };
+  if (!opts.parentDir) return { parent: null, inheritedAny: false, compress, uffd: openUffdTracking(job) };
   const dir = path.resolve(opts.parentDir);
   const m = readImage(dir, { verifyData: false });
   const byPid = new Map<number, ParentProcess>();
   for (const proc of m.processes) {
-    if (!proc.hashesFile) return { parent: null, inheritedAny: false, compress };
+    if (!proc.hashesFile) return { parent: null, inheritedAny: false, compress, uffd: openUffdTracking(job) };
     const entry = m.files[proc.hashesFile]!;
     const bytes = readWhole(path.join(dir, proc.hashesFile), entry.size);
     const got = (crc32(bytes) >>> 0).toString(16).padStart(8, '0');
@@ -84,7 +88,7 @@ export function openPageTracking(opts: PageTrackingOptions, childDir: string): P
     }
     byPid.set(proc.pid, { pages, hashes });
   }
-  return { parent: { dir, ref: { dir: path.relative(path.resolve(childDir), dir), checksum: m.checksum, createdAt: m.createdAt }, byPid }, inheritedAny: false, compress };
+  return { parent: { dir, ref: { dir: path.relative(path.resolve(childDir), dir), checksum: m.checksum, createdAt: m.createdAt }, byPid }, inheritedAny: false, compress, uffd: openUffdTracking(job) };
 }
 
 /** The parent reference to put in the manifest, when the image depends on its parent. */
@@ -111,6 +115,19 @@ function readWhole(p: string, size: number): Buffer {
 
 const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
 const ZERO_HASH = xxh64(ZERO_PAGE);
+
+/** Walks sorted, disjoint [start, end) intervals of absolute pages, in ascending order. */
+export class IntervalCursor {
+  private i = 0;
+  constructor(private readonly list: [number, number][]) {}
+  /** From page p (never less than the last p asked), up to `limit`: whether the pages lie inside the intervals, and how many in a row. */
+  span(p: number, limit: number): [boolean, number] {
+    while (this.i < this.list.length && this.list[this.i]![1] <= p) this.i++;
+    const iv = this.list[this.i];
+    if (iv && iv[0] <= p) return [true, Math.min(limit, iv[1]) - p];
+    return [false, Math.min(limit, iv ? iv[0] : limit) - p];
+  }
+}
 
 /** Builds a list of [first, count] runs from ascending page indices. */
 class RunList {
@@ -310,6 +327,10 @@ export class HashingCopier {
   storedPages = 0;
   inheritedPages = 0;
   zeroPages = 0;
+  /** Pages read (and hashed) from the process. */
+  readPages = 0;
+  /** Pages kernel write tracking vouched were unchanged (not read). */
+  trackedPages = 0;
 
   constructor(
     private readonly pid: number,
@@ -335,58 +356,98 @@ export class HashingCopier {
     return par.pages[this.cursor] === p ? par.hashes[this.cursor] : undefined;
   }
 
-  /** Copies one mapping's candidate pages; returns its stored and inherited runs. */
-  async copy(start: number, candidates: [number, number][], anonymous: boolean): Promise<{ runs: [number, number][]; inherited: [number, number][] }> {
+  /**
+   * Copies one mapping's candidate pages; returns its stored and inherited
+   * runs. `unchanged` (kernel write tracking, ./uffdwp.ts): absolute pages
+   * not written since the parent; those are not read: inherited where the
+   * parent has them, else still the zero page they were (left out).
+   */
+  async copy(
+    start: number,
+    candidates: [number, number][],
+    anonymous: boolean,
+    unchanged?: IntervalCursor,
+  ): Promise<{ runs: [number, number][]; inherited: [number, number][] }> {
     const runs = new RunList();
     const inherited = new RunList();
     const base = start / PAGE_SIZE;
+    const tracked = unchanged && this.parent ? unchanged : null;
     for (const [first, count] of candidates) {
       let page = first;
-      let left = count;
-      while (left > 0) {
-        const buf = this.ring[this.which]!;
-        const views = this.views[this.which]!;
-        const n = Math.min(left, views.length);
-        // This buffer's pages from the last round must be written (and compressed) first.
-        await this.released[this.which];
-        this.read(start + page * PAGE_SIZE, buf, n * PAGE_SIZE);
-        let kept = 0;
-        for (let i = 0; i < n; i++) {
-          const v = views[i]!;
-          const h = xxh64(v);
-          if (anonymous && h === ZERO_HASH && v.equals(ZERO_PAGE)) {
-            this.zeroPages++;
-            continue;
-          }
-          const idx = page + i;
-          this.hashes.push(h);
-          if (this.parentHash(base + idx) === h) {
-            inherited.add(idx);
-            this.inheritedPages++;
-            continue;
-          }
-          if (kept !== i) buf.copyWithin(kept * PAGE_SIZE, i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
-          kept++;
-          runs.add(idx);
-        }
-        if (kept > 0 && this.sink) {
-          this.released[this.which] = (await this.sink.addChunk(buf, kept * PAGE_SIZE)).written;
-          this.which = (this.which + 1) % this.ring.length;
-          this.storedPages += kept;
-        } else if (kept > 0) {
-          await this.pending;
-          this.pending = this.out.writeAsync(buf, 0, kept * PAGE_SIZE);
-          this.released[this.which] = this.pending;
-          this.which = (this.which + 1) % this.ring.length;
-          this.storedPages += kept;
-        }
-        progressSink()?.add(n * PAGE_SIZE);
+      const end = first + count;
+      while (page < end) {
+        const [vouched, n] = tracked ? tracked.span(base + page, base + end) : [false, end - page];
+        if (vouched) this.keepUnchanged(base, page, n, inherited);
+        else await this.readRun(start, page, n, anonymous, runs, inherited);
         page += n;
-        left -= n;
       }
     }
     if (inherited.runs.length > 0) this.tracker.inheritedAny = true;
     return { runs: runs.runs, inherited: inherited.runs };
+  }
+
+  /** Pages the kernel vouches were not written: the parent's hash, no read. */
+  private keepUnchanged(base: number, page: number, n: number, inherited: RunList): void {
+    for (let i = 0; i < n; i++) {
+      const h = this.parentHash(base + page + i);
+      this.trackedPages++;
+      if (h === undefined) {
+        this.zeroPages++;
+        continue;
+      }
+      this.hashes.push(h);
+      inherited.add(page + i);
+      this.inheritedPages++;
+    }
+    progressSink()?.add(n * PAGE_SIZE);
+  }
+
+  /** Reads and hashes pages [page, page+count) of the mapping at `start`: zero ones dropped, ones equal to the parent's inherited, the rest stored. */
+  private async readRun(start: number, page: number, count: number, anonymous: boolean, runs: RunList, inherited: RunList): Promise<void> {
+    const base = start / PAGE_SIZE;
+    let left = count;
+    while (left > 0) {
+      const buf = this.ring[this.which]!;
+      const views = this.views[this.which]!;
+      const n = Math.min(left, views.length);
+      // This buffer's pages from the last round must be written (and compressed) first.
+      await this.released[this.which];
+      this.read(start + page * PAGE_SIZE, buf, n * PAGE_SIZE);
+      this.readPages += n;
+      let kept = 0;
+      for (let i = 0; i < n; i++) {
+        const v = views[i]!;
+        const h = xxh64(v);
+        if (anonymous && h === ZERO_HASH && v.equals(ZERO_PAGE)) {
+          this.zeroPages++;
+          continue;
+        }
+        const idx = page + i;
+        this.hashes.push(h);
+        if (this.parentHash(base + idx) === h) {
+          inherited.add(idx);
+          this.inheritedPages++;
+          continue;
+        }
+        if (kept !== i) buf.copyWithin(kept * PAGE_SIZE, i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+        kept++;
+        runs.add(idx);
+      }
+      if (kept > 0 && this.sink) {
+        this.released[this.which] = (await this.sink.addChunk(buf, kept * PAGE_SIZE)).written;
+        this.which = (this.which + 1) % this.ring.length;
+        this.storedPages += kept;
+      } else if (kept > 0) {
+        await this.pending;
+        this.pending = this.out.writeAsync(buf, 0, kept * PAGE_SIZE);
+        this.released[this.which] = this.pending;
+        this.which = (this.which + 1) % this.ring.length;
+        this.storedPages += kept;
+      }
+      progressSink()?.add(n * PAGE_SIZE);
+      page += n;
+      left -= n;
+    }
   }
 
   private read(addr: number, buf: Buffer, len: number): void {
