@@ -143,7 +143,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
       try {
         const t = await takeCheckpoint({ cd, job: name, stop, reason, keep: opts.keep, fullEvery: opts.fullEvery, compress: opts.compress });
         checkpoints.push(t.name);
-        const what = t.parent ? `incremental on ${t.parent}` : 'full';
+        const what = t.parent ? `incremental on ${t.parent}, ${t.tracker ?? 'page-hash'}` : 'full';
         log(
           `checkpoint ${t.name} (${reason}, ${what}): ${mib(t.bytes)} in ${t.durationMs.toFixed(0)} ms; ` +
             (t.stopped ? 'job stopped' : `the job was paused ${t.pauseMs!.toFixed(0)} ms`),

@@ -102,6 +102,23 @@ test('uffd-wp tracked increments: every page right after each resume, the tracke
     assert.ok(fds.every((fd) => fd < 100), `ckpt-000${n} holds only the job's own fds: ${fds.join(', ')}`);
   }
 
+  // crest ls, crest show and the event log say which tracker each checkpoint used.
+  const ls = await crest(['ls', dir, '--json']);
+  assertOk(ls, 'crest ls');
+  const entries = (JSON.parse(ls.stdout) as { checkpoints: { name: string; parent: string | null; tracker: string | null }[] }).checkpoints;
+  assert.deepEqual(entries.map((e) => e.tracker), [null, 'uffd-wp', 'uffd-wp', 'uffd-wp', 'uffd-wp', 'page-hash', 'uffd-wp']);
+  assert.deepEqual(entries.map((e) => e.parent), [null, 'ckpt-0001', 'ckpt-0002', 'ckpt-0003', 'ckpt-0004', 'ckpt-0005', 'ckpt-0006']);
+  const lsText = await crest(['ls', dir]);
+  assert.match(lsText.stdout, /PARENT\s+TRACKER\s+STATUS/);
+  assert.match(lsText.stdout, /ckpt-0006 .* ckpt-0005\s+page-hash\s+complete/);
+  const show = await crest(['show', '-D', path.join(dir, 'ckpt-0006')]);
+  assertOk(show, 'crest show');
+  assert.match(show.stdout, /incremental on \.\.\/ckpt-0005 /);
+  assert.match(show.stdout, /changes found by page hashes: all \d+ pages read \(no write tracking: the tracker is gone/);
+  const events = fs.readFileSync(path.join(dir, 'events.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event: string; tracker?: string | null });
+  const taken = events.filter((e) => e.event === 'checkpoint');
+  assert.deepEqual(taken.map((e) => e.tracker), [null, 'uffd-wp', 'uffd-wp', 'uffd-wp', 'uffd-wp', 'page-hash', 'uffd-wp'], JSON.stringify(taken));
+
   // The last resume: every page of the 7-image chain, checked by the job itself.
   fs.writeFileSync(path.join(work, 'go'), '');
   const r3 = await withTimeout(spawnCrest(['run', '--checkpoint-dir', dir, '--', ...argv]).exited, 60_000, 'the last resume');
