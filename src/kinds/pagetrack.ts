@@ -323,6 +323,8 @@ export class HashingCopier {
   private readonly hashes = new HashList();
   private parent: ParentProcess | null;
   private cursor = 0;
+  /** Pages gathered in the current buffer, not yet written. */
+  private fill = 0;
   private readonly sink: CompressedSink | null;
   storedPages = 0;
   inheritedPages = 0;
@@ -402,27 +404,34 @@ export class HashingCopier {
     progressSink()?.add(n * PAGE_SIZE);
   }
 
-  /** Reads and hashes pages [page, page+count) of the mapping at `start`: zero ones dropped, ones equal to the parent's inherited, the rest stored. */
+  /**
+   * Reads and hashes pages [page, page+count) of the mapping at `start`:
+   * zero ones dropped, ones equal to the parent's inherited, the rest
+   * appended to the current buffer, written once it is full (scattered
+   * written pages, as kernel tracking finds them, go out in 8 MiB writes,
+   * not one write each).
+   */
   private async readRun(start: number, page: number, count: number, anonymous: boolean, runs: RunList, inherited: RunList): Promise<void> {
     const base = start / PAGE_SIZE;
     let left = count;
     while (left > 0) {
       const buf = this.ring[this.which]!;
       const views = this.views[this.which]!;
-      const n = Math.min(left, views.length);
       // This buffer's pages from the last round must be written (and compressed) first.
-      await this.released[this.which];
-      this.read(start + page * PAGE_SIZE, buf, n * PAGE_SIZE);
+      if (this.fill === 0) await this.released[this.which];
+      const at = this.fill;
+      const n = Math.min(left, views.length - at);
+      this.read(start + page * PAGE_SIZE, buf, n * PAGE_SIZE, at * PAGE_SIZE);
       this.readPages += n;
-      let kept = 0;
-      for (let i = 0; i < n; i++) {
+      let kept = at;
+      for (let i = at; i < at + n; i++) {
         const v = views[i]!;
         const h = xxh64(v);
         if (anonymous && h === ZERO_HASH && v.equals(ZERO_PAGE)) {
           this.zeroPages++;
           continue;
         }
-        const idx = page + i;
+        const idx = page + i - at;
         this.hashes.push(h);
         if (this.parentHash(base + idx) === h) {
           inherited.add(idx);
@@ -433,35 +442,43 @@ export class HashingCopier {
         kept++;
         runs.add(idx);
       }
-      if (kept > 0 && this.sink) {
-        this.released[this.which] = (await this.sink.addChunk(buf, kept * PAGE_SIZE)).written;
-        this.which = (this.which + 1) % this.ring.length;
-        this.storedPages += kept;
-      } else if (kept > 0) {
-        await this.pending;
-        this.pending = this.out.writeAsync(buf, 0, kept * PAGE_SIZE);
-        this.released[this.which] = this.pending;
-        this.which = (this.which + 1) % this.ring.length;
-        this.storedPages += kept;
-      }
+      this.storedPages += kept - at;
+      this.fill = kept;
+      if (this.fill === views.length) await this.flush();
       progressSink()?.add(n * PAGE_SIZE);
       page += n;
       left -= n;
     }
   }
 
-  private read(addr: number, buf: Buffer, len: number): void {
+  /** Writes the pages gathered in the current buffer (compressed, when compressing) and moves to the next buffer. */
+  private async flush(): Promise<void> {
+    if (this.fill === 0) return;
+    const buf = this.ring[this.which]!;
+    const len = this.fill * PAGE_SIZE;
+    if (this.sink) {
+      this.released[this.which] = (await this.sink.addChunk(buf, len)).written;
+    } else {
+      await this.pending;
+      this.pending = this.out.writeAsync(buf, 0, len);
+      this.released[this.which] = this.pending;
+    }
+    this.which = (this.which + 1) % this.ring.length;
+    this.fill = 0;
+  }
+
+  private read(addr: number, buf: Buffer, len: number, at = 0): void {
     let got = 0;
     while (got < len) {
       // process_vm_readv is the cheaper copy; it refuses pages the process
       // itself could not read (PROT_NONE), which /proc/PID/mem still reads.
       let r = 0;
       try {
-        r = native().processVmReadv(this.pid, addr + got, buf, got, len - got);
+        r = native().processVmReadv(this.pid, addr + got, buf, at + got, len - got);
       } catch {
         r = 0;
       }
-      if (r <= 0) r = readSync(this.memFd, buf, got, len - got, addr + got);
+      if (r <= 0) r = readSync(this.memFd, buf, at + got, len - got, addr + got);
       if (r <= 0) throw new CrestError('MEM_READ', `could not read memory at 0x${(addr + got).toString(16)}`);
       got += r;
     }
@@ -469,6 +486,7 @@ export class HashingCopier {
 
   /** Waits for every write (after compressing what is left, when compressing). */
   async drain(): Promise<void> {
+    await this.flush();
     await this.sink?.finish();
     await this.pending;
   }
