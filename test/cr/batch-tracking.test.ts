@@ -10,7 +10,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { TARGETS_BIN, assertOk, cleanEnv, crest, describeResult, registerCleanup, sleep, spawnCrest, tmpWorkDir, uniqueName, waitForFile, withTimeout, type Proc } from '../harness.js';
+import { TARGETS_BIN, assertOk, assertRefused, cleanEnv, crest, describeResult, registerCleanup, sleep, spawnCrest, tmpWorkDir, uniqueName, waitForFile, withTimeout, type Proc } from '../harness.js';
 import { native } from '../../src/sys/native.js';
 
 registerCleanup();
@@ -140,4 +140,29 @@ test('the tracked target fails when a page is wrong (sabotage)', { timeout: TIME
   const r = await withTimeout(run.exited, 60_000, 'the sabotaged job');
   assert.equal(r.code, 1, describeResult('crest run of a sabotaged job', r));
   assert.match(r.stdout, /FAIL tracked: pages: R2 page 5 differs/);
+});
+
+test('a parent whose pages file was damaged: the chain restore checks it as it streams and refuses before the process runs', { timeout: TIMEOUT }, async () => {
+  const work = tmpWorkDir('tracked-dmg');
+  const dir = path.join(work, 'D');
+  const name = uniqueName('tracked-dmg');
+  const run = spawnCrest(['run', '--name', name, '--checkpoint-dir', dir, '--every', '1h', '--', TRACKED, work]);
+  await waitForFile(path.join(work, 'ready'), 60_000, run);
+  await checkpoint(name);
+  await phase(work, 1, run);
+  assert.equal((await checkpoint(name, true)).parent, 'ckpt-0001');
+  await withTimeout(run.exited, 30_000, 'crest run after the stop');
+  // One byte deep inside the parent's pages (a page the leaf inherits): the manifests stay valid.
+  const pages = fs.readdirSync(path.join(dir, 'ckpt-0001')).find((f) => /^pages-\d+\.img$/.test(f))!;
+  const fd = fs.openSync(path.join(dir, 'ckpt-0001', pages), 'r+');
+  const at = 8 * 1024 * 1024 + 123;
+  const b = Buffer.alloc(1);
+  fs.readSync(fd, b, 0, 1, at);
+  b[0] ^= 0xff;
+  fs.writeSync(fd, b, 0, 1, at);
+  fs.closeSync(fd);
+  fs.writeFileSync(path.join(work, 'go'), '');
+  const r = await crest(['restore', '-D', path.join(dir, 'ckpt-0002')]);
+  assertRefused(r, 'restore of a chain with a damaged parent', /ckpt-0001\/pages-\d+\.img is corrupted \(CRC-32/);
+  assert.ok(!fs.existsSync(path.join(work, 'resumed')), 'the restored process never ran');
 });
