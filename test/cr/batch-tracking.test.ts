@@ -158,7 +158,7 @@ test('a parent whose pages file was damaged: the chain restore checks it as it s
   const at = 8 * 1024 * 1024 + 123;
   const b = Buffer.alloc(1);
   fs.readSync(fd, b, 0, 1, at);
-  b[0] ^= 0xff;
+  b[0] = b[0]! ^ 0xff;
   fs.writeSync(fd, b, 0, 1, at);
   fs.closeSync(fd);
   fs.writeFileSync(path.join(work, 'go'), '');
