@@ -37,6 +37,8 @@ const MODES: Mode[] = [
   { name: 'random, incremental, page-hash', fill: 'random', args: [], env: HASHES },
   { name: 'real, full each time', fill: 'real', args: ['--full-every', '1'] },
   { name: 'real, full each time + zstd', fill: 'real', args: ['--full-every', '1', '--compress'] },
+  // What zstd does when it may take all the time it needs (the default compresses on spare cores only).
+  { name: 'real, full each time + zstd always', fill: 'real', args: ['--full-every', '1', '--compress'], env: { CREST_COMPRESS: 'always' } },
   { name: 'real, incremental, uffd-wp', fill: 'real', args: [] },
   { name: 'real, incremental, page-hash', fill: 'real', args: [], env: HASHES },
   { name: 'real, incremental + zstd, uffd-wp', fill: 'real', args: ['--compress'] },
@@ -54,6 +56,14 @@ interface Sample {
   restoreMs: number;
   /** How the second checkpoint found its changes: uffd-wp, page-hash, or full. */
   tracker: string;
+  compressedShare: number;
+}
+
+interface Compression {
+  blocks: number;
+  compressedBlocks: number;
+  rawBytes: number;
+  storedBytes: number;
 }
 
 const median = (xs: number[]): number => {
@@ -111,7 +121,7 @@ async function once(root: string, mode: Mode, mib: number, runNo: number): Promi
   try {
     await waitFile(join(work, 'ready-0'), 300_000, () => !ended);
     await jobGap(work, 0);
-    const full = JSON.parse(cli(cliPath, ['checkpoint', '--job', name, '--json'], work, mode.env)) as { durationMs: number; bytes: number; pauseMs: number };
+    const full = JSON.parse(cli(cliPath, ['checkpoint', '--job', name, '--json'], work, mode.env)) as { durationMs: number; bytes: number; pauseMs: number; compression: Compression | null };
     const fullJobPauseMs = await jobGap(work, 1);
     writeFileSync(join(work, 'change-1'), String(CHANGE_PCT));
     await waitFile(join(work, 'changed-1'), 60_000);
@@ -137,6 +147,8 @@ async function once(root: string, mode: Mode, mib: number, runNo: number): Promi
       incrJobPauseMs,
       restoreMs: r.durationMs,
       tracker: incr.tracker ?? 'full',
+      // Share of the first checkpoint's blocks zstd compressed (the rest plain: no core was spare).
+      compressedShare: full.compression ? full.compression.compressedBlocks / Math.max(1, full.compression.blocks) : 0,
     };
   } finally {
     killJob();
@@ -191,6 +203,10 @@ export async function benchBatch(root: string): Promise<void> {
   for (const r of table) console.log(line(r));
   console.log(`medians of ${runs} runs; checkpoints by crest checkpoint into a crest run --checkpoint-dir; "pause" = how long the job was frozen, as crest reports it / as the job measured it (its longest gap between two 1 ms rounds);`);
   console.log('"real" memory = a numeric array (float64 samples of a smooth field) and a text heap; "random" = incompressible bytes; restore = the second checkpoint (with its parent, when incremental: a chain of two).');
+  for (const r of rows) {
+    const x = r as unknown as Omit<Sample, 'tracker'> & { mode: string };
+    if (x.mode.includes('zstd')) console.log(`${x.mode}: ${f(100 * x.compressedShare)}% of the 1st checkpoint's blocks compressed, size ${mb(x.fullBytes)}`);
+  }
   console.log('tracker: how the 2nd checkpoint found what changed: uffd-wp = the kernel\'s write tracking (only written pages read), page-hash = every page read and hashed.');
   const out = join(root, 'bench', 'results-batch.json');
   writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(), changePct: CHANGE_PCT, rows }, null, 1) + '\n');

@@ -121,6 +121,7 @@ function program(result: { code: number }): Command {
       const { loadJob } = await import('../jobs/registry.js');
       const { CheckpointDir } = await import('../jobs/ckptdir.js');
       const { takeCheckpoint } = await import('../jobs/checkpoint.js');
+      const { describeCompression, trackerWords } = await import('../image/show.js');
       const rec = loadJob(o.job);
       if (!rec) throw new CrestError('NO_SUCH_JOB', `no running job named ${JSON.stringify(o.job)}`);
       if (!rec.checkpointDir) {
@@ -129,11 +130,11 @@ function program(result: { code: number }): Command {
       const cd = CheckpointDir.open(rec.checkpointDir);
       const t = await withProgress(() => takeCheckpoint({ cd, job: o.job, stop: !!o.stop, reason: 'request', keep: rec.checkpointKeep, fullEvery: rec.checkpointFullEvery, compress: rec.checkpointCompress, lockWaitMs: o.wait }));
       if (o.json) {
-        out(JSON.stringify({ checkpoint: t.name, path: t.path, parent: t.parent, tracker: t.tracker, bytes: t.bytes, durationMs: t.durationMs, pauseMs: t.pauseMs, stopped: t.stopped, removed: t.gc?.removed ?? [] }));
+        out(JSON.stringify({ checkpoint: t.name, path: t.path, parent: t.parent, tracker: t.tracker, compression: t.compression, bytes: t.bytes, durationMs: t.durationMs, pauseMs: t.pauseMs, stopped: t.stopped, removed: t.gc?.removed ?? [] }));
       } else {
         for (const w of t.dump.warnings) err(`crest: warning: ${w}`);
         err(
-          `crest: checkpoint ${t.path}${t.parent ? ` (incremental on ${t.parent}, changes found by ${t.tracker ?? 'page-hash'})` : ''}: ${mib(t.bytes)} in ${t.durationMs.toFixed(0)} ms; ` +
+          `crest: checkpoint ${t.path}${t.parent ? ` (incremental on ${t.parent}, changes found by ${trackerWords(t.tracker)})` : ''}${t.compression ? `, ${describeCompression(t.compression)}` : ''}: ${mib(t.bytes)} in ${t.durationMs.toFixed(0)} ms; ` +
             (t.stopped ? 'job stopped' : `the job was paused ${t.pauseMs!.toFixed(0)} ms`),
         );
       }

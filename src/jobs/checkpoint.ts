@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { dump, type DumpResult } from '../dump/index.js';
 import { CrestError } from '../sys/errors.js';
 import { readImage } from '../image/reader.js';
-import { trackerOf, type Tracker } from '../image/show.js';
+import { compressionOf, trackerOf, type CompressionSummary, type Tracker } from '../image/show.js';
 import { CheckpointDir, checkpointName, collectGarbage, parentName, type CheckpointEntry, type GcResult } from './ckptdir.js';
 
 /** Default length of a chain of incremental checkpoints (the full one included). */
@@ -58,6 +58,8 @@ export interface CheckpointTaken {
   parent: string | null;
   /** How it found what changed since its parent (uffd-wp, page-hash, mixed); null for a full one. */
   tracker: Tracker | null;
+  /** With --compress: how much was compressed (a busy machine stores blocks plain rather than wait). */
+  compression: CompressionSummary | null;
   /** Bytes written (all data files). */
   bytes: number;
   durationMs: number;
@@ -114,6 +116,7 @@ export async function takeCheckpoint(opts: CheckpointOptions): Promise<Checkpoin
       // The image names its parent only when it inherited pages from it.
       parent: parentName(image),
       tracker: trackerOf(image),
+      compression: compressionOf(image),
       bytes: d.pagesBytes,
       durationMs: d.durationMs,
       pauseMs: d.stopped ? null : frozenMs(d.stages),
@@ -127,6 +130,7 @@ export async function takeCheckpoint(opts: CheckpointOptions): Promise<Checkpoin
       parent: taken.parent,
       tracker: taken.tracker,
       bytes: taken.bytes,
+      ...(taken.compression ? { compression: taken.compression } : {}),
       durationMs: Math.round(taken.durationMs),
       pauseMs: taken.pauseMs === null ? null : Math.round(taken.pauseMs),
       stopped: taken.stopped,
