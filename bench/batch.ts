@@ -12,7 +12,7 @@
 // page-hash). The restore column compares a full image with a chain (full +
 // increment). Medians of CREST_BENCH_BATCH_RUNS (default 3) runs;
 // CREST_BENCH_BATCH_MIB sets the size (default 1024); CREST_BENCH_BATCH_MODES
-// (comma-separated substrings) picks modes; CREST_BENCH_BATCH=0 leaves the
+// (substrings of mode names, separated by ";") picks modes; CREST_BENCH_BATCH=0 leaves the
 // section out. `node dist/bench/batch.js` runs this section alone.
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -165,7 +165,7 @@ export async function benchBatch(root: string): Promise<void> {
   const churn = join(root, 'bench', 'churn');
   if (!existsSync(churn)) throw new Error(`${churn} missing: run make -C bench`);
   const rows = [];
-  const pick = process.env.CREST_BENCH_BATCH_MODES?.split(',');
+  const pick = process.env.CREST_BENCH_BATCH_MODES?.split(';');
   for (const mode of MODES.filter((m) => !pick || pick.some((p) => m.name.includes(p)))) {
     const samples: Sample[] = [];
     for (let i = 0; i < runs; i++) {

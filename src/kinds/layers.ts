@@ -7,9 +7,10 @@
 // from the read buffer into the husk. No page is written twice, no file is
 // read twice (the parents' pages files are not checked whole beforehand:
 // each is checked as it streams, and a mismatch ends the restore before any
-// restored code runs). A compressed file is read block by block; only blocks
-// holding needed pages are decompressed.
-import { closeSync, constants as fsConstants, openSync, read as fsRead, readSync } from 'node:fs';
+// restored code runs). A compressed file is read the same way, in runs of
+// whole blocks; only frames holding needed pages are decompressed. A single
+// compressed image is restored this way too (a chain of one).
+import { closeSync, constants as fsConstants, openSync, read as fsRead } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import type { ChainLink, PagePiece } from '../image/chain.js';
@@ -31,14 +32,14 @@ export function writeHusk(pid: number, addr: number, buf: Buffer, at: number, n:
 }
 
 /** Where each block of a compressed pages file is: its first stored page, file offset, size on disk. */
-export interface BlockIndex {
+interface BlockIndex {
   firstPage: number[];
   fileOff: number[];
   /** [pages, frame bytes or 0 for plain pages] as the manifest has them. */
   blocks: [number, number][];
 }
 
-export function blockIndex(blocks: [number, number][]): BlockIndex {
+function blockIndex(blocks: [number, number][]): BlockIndex {
   const firstPage: number[] = [];
   const fileOff: number[] = [];
   let p = 0;
@@ -50,20 +51,6 @@ export function blockIndex(blocks: [number, number][]): BlockIndex {
     o += bytes === 0 ? pages * PAGE_SIZE : Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
   }
   return { firstPage, fileOff, blocks };
-}
-
-/** Reads block b's bytes as on disk into raw.buf; returns them. */
-function readRawBlock(fd: number, ix: BlockIndex, b: number, raw: { buf: Buffer }, what: string): Buffer {
-  const [pages, bytes] = ix.blocks[b]!;
-  const onDisk = bytes === 0 ? pages * PAGE_SIZE : Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
-  if (raw.buf.length < onDisk) raw.buf = Buffer.allocUnsafe(onDisk);
-  let got = 0;
-  while (got < onDisk) {
-    const n = readSync(fd, raw.buf, got, onDisk - got, ix.fileOff[b]! + got);
-    if (n <= 0) throw new CrestError('IMAGE_TRUNCATED', `${what} ended early at offset ${ix.fileOff[b]! + got}`);
-    got += n;
-  }
-  return raw.buf.subarray(0, onDisk);
 }
 
 /** The plain pages of block b, given its bytes on disk (decompressed into `into` when it is a frame). */
@@ -78,12 +65,6 @@ function plainBlock(ix: BlockIndex, b: number, onDisk: Buffer, into: Buffer, wha
   }
   if (n !== pages * PAGE_SIZE) throw new CrestError('IMAGE_CHECKSUM', `${what}: block ${b} holds ${n} bytes, not ${pages} pages; the image is damaged`);
   return into;
-}
-
-/** Reads block b of a compressed pages file: [its plain pages, its bytes on disk]. */
-export function readBlock(fd: number, ix: BlockIndex, b: number, into: Buffer, raw: { buf: Buffer }, what: string): [Buffer, Buffer] {
-  const onDisk = readRawBlock(fd, ix, b, raw, what);
-  return [plainBlock(ix, b, onDisk, into, what), onDisk];
 }
 
 /**
@@ -109,76 +90,115 @@ function scatter(pid: number, pieces: PagePiece[], i: number, from: number, n: n
   return i;
 }
 
-/** One layer's pages file streamed front to back; returns its CRC-32 (8 hex digits). */
-async function streamRaw(path: string, size: number, pieces: PagePiece[], pid: number, bufs: [Buffer, Buffer], written: { bytes: number }): Promise<string> {
-  let fd: number;
+/** Opens a pages file for streaming: O_DIRECT where the filesystem allows (its blocks are whole pages). */
+function openStream(path: string): number {
   try {
-    fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
+    return openSync(path, fsConstants.O_RDONLY | fsConstants.O_DIRECT);
   } catch {
-    fd = openSync(path, 'r');
+    return openSync(path, 'r');
   }
-  const chunk = bufs[0].length;
-  const readChunk = (buf: Buffer, off: number, len: number): Promise<number> =>
-    new Promise((resolve, reject) => {
-      const step = (done: number): void => {
-        if (done >= len) return resolve(done);
-        fsRead(fd, buf, done, len - done, off + done, (err, n) => {
-          if (err) return reject(err);
-          if (n === 0) return resolve(done);
-          step(done + n);
-        });
-      };
-      step(0);
-    });
+}
+
+/** Reads file bytes [off, off+len) into buf on the libuv pool; resolves to the count read (short at the end of the file). */
+function readAt(fd: number, buf: Buffer, off: number, len: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const step = (done: number): void => {
+      if (done >= len) return resolve(done);
+      fsRead(fd, buf, done, len - done, off + done, (err, n) => {
+        if (err) return reject(err);
+        if (n === 0) return resolve(done);
+        step(done + n);
+      });
+    };
+    step(0);
+  });
+}
+
+/**
+ * Streams a file in chunks of up to one buffer, the next read running while
+ * `each` handles this one; `cut(off)` says where the chunk starting at off
+ * may end (whole blocks of a compressed file). Returns the CRC-32 of it all.
+ */
+async function streamChunks(path: string, size: number, bufs: [Buffer, Buffer], cut: (off: number) => number, each: (buf: Buffer, off: number, n: number) => void): Promise<string> {
+  const fd = openStream(path);
   try {
     let crc = 0;
-    let i = 0;
     let which = 0;
-    let ahead: Promise<number> | null = size > 0 ? readChunk(bufs[0], 0, Math.min(chunk, size)) : null;
-    for (let off = 0; off < size; off += chunk) {
-      const n = Math.min(chunk, size - off);
+    let off = 0;
+    let n = size > 0 ? cut(0) : 0;
+    let ahead: Promise<number> | null = size > 0 ? readAt(fd, bufs[0], 0, n) : null;
+    while (off < size) {
       const got = await ahead!;
       if (got !== n) throw new CrestError('IMAGE_TRUNCATED', `pages file ${path} ended early at offset ${off + got}`);
       const buf = bufs[which]!;
-      // The next chunk is read into the other buffer while this one is placed.
       const next = off + n;
-      ahead = next < size ? readChunk(bufs[which ^ 1]!, next, Math.min(chunk, size - next)) : null;
+      const nextN = next < size ? cut(next) : 0;
+      ahead = next < size ? readAt(fd, bufs[which ^ 1]!, next, nextN) : null;
       ahead?.catch(() => 0);
       crc = crc32(buf.subarray(0, n), crc);
-      i = scatter(pid, pieces, i, off, n, buf, 0, written);
+      each(buf, off, n);
       which ^= 1;
+      off = next;
+      n = nextN;
     }
-    if (i < pieces.length) throw new CrestError('IMAGE_TRUNCATED', `pages file ${path} has no page at offset ${pieces[i]!.offset}`);
     return (crc >>> 0).toString(16).padStart(8, '0');
   } finally {
     closeSync(fd);
   }
 }
 
-/** A compressed layer: every block read (and checksummed), only those with needed pages decompressed and placed. */
-function streamCompressed(path: string, c: { blocks: [number, number][] }, pieces: PagePiece[], pid: number, written: { bytes: number }): string {
-  const fd = openSync(path, 'r');
-  try {
-    const ix = blockIndex(c.blocks);
-    const into = Buffer.allocUnsafe(Math.max(1, ...c.blocks.map(([p]) => p)) * PAGE_SIZE);
-    const raw = { buf: Buffer.allocUnsafe(0) };
-    const what = `compressed pages file ${path}`;
-    let crc = 0;
-    let i = 0;
-    for (let b = 0; b < ix.blocks.length; b++) {
-      const onDisk = readRawBlock(fd, ix, b, raw, what);
-      crc = crc32(onDisk, crc);
-      const from = ix.firstPage[b]! * PAGE_SIZE;
-      const n = ix.blocks[b]![0] * PAGE_SIZE;
-      if (i < pieces.length && pieces[i]!.offset < from + n) {
-        i = scatter(pid, pieces, i, from, n, plainBlock(ix, b, onDisk, into, what), 0, written);
+/** A plain layer: its pages written from the read buffers as they stream. */
+async function streamRaw(path: string, size: number, pieces: PagePiece[], pid: number, bufs: [Buffer, Buffer], written: { bytes: number }): Promise<string> {
+  const chunk = bufs[0].length;
+  let i = 0;
+  const crc = await streamChunks(path, size, bufs, (off) => Math.min(chunk, size - off), (buf, off, n) => {
+    i = scatter(pid, pieces, i, off, n, buf, 0, written);
+  });
+  if (i < pieces.length) throw new CrestError('IMAGE_TRUNCATED', `pages file ${path} has no page at offset ${pieces[i]!.offset}`);
+  return crc;
+}
+
+/**
+ * A compressed layer, streamed in runs of whole blocks: plain blocks placed
+ * straight from the read buffer, frames decompressed only when they hold
+ * needed pages.
+ */
+async function streamCompressed(path: string, size: number, c: { blocks: [number, number][] }, pieces: PagePiece[], pid: number, bufs: [Buffer, Buffer], written: { bytes: number }): Promise<string> {
+  const ix = blockIndex(c.blocks);
+  const onDisk = (b: number): number => (b + 1 < ix.fileOff.length ? ix.fileOff[b + 1]! : size) - ix.fileOff[b]!;
+  const into = Buffer.allocUnsafe(Math.max(1, ...c.blocks.map(([p]) => p)) * PAGE_SIZE);
+  const what = `compressed pages file ${path}`;
+  const chunk = bufs[0].length;
+  // Block index by file offset: each chunk ends at a block boundary.
+  const blockAt = new Map(ix.fileOff.map((o, b) => [o, b]));
+  let i = 0;
+  const crc = await streamChunks(
+    path,
+    size,
+    bufs,
+    (off) => {
+      let b = blockAt.get(off);
+      if (b === undefined) throw new CrestError('IMAGE_INVALID', `${what}: no block starts at offset ${off}`);
+      if (onDisk(b) > chunk) throw new CrestError('IMAGE_INVALID', `${what}: block ${b} is ${onDisk(b)} bytes, more than crest reads at once (${chunk})`);
+      let n = 0;
+      // At least one block, then whole blocks while they fit.
+      do n += onDisk(b++);
+      while (b < ix.blocks.length && n + onDisk(b) <= chunk);
+      return n;
+    },
+    (buf, off, n) => {
+      for (let b = blockAt.get(off)!; b < ix.blocks.length && ix.fileOff[b]! < off + n; b++) {
+        const from = ix.firstPage[b]! * PAGE_SIZE;
+        const len = ix.blocks[b]![0] * PAGE_SIZE;
+        if (i >= pieces.length || pieces[i]!.offset >= from + len) continue;
+        const at = ix.fileOff[b]! - off;
+        const plain = ix.blocks[b]![1] === 0 ? buf.subarray(at, at + len) : plainBlock(ix, b, buf.subarray(at, at + onDisk(b)), into, what);
+        i = scatter(pid, pieces, i, from, len, plain, 0, written);
       }
-    }
-    if (i < pieces.length) throw new CrestError('IMAGE_TRUNCATED', `${what} has fewer blocks than its runs need`);
-    return (crc >>> 0).toString(16).padStart(8, '0');
-  } finally {
-    closeSync(fd);
-  }
+    },
+  );
+  if (i < pieces.length) throw new CrestError('IMAGE_TRUNCATED', `${what} has fewer blocks than its runs need`);
+  return crc;
 }
 
 /**
@@ -201,7 +221,7 @@ export async function loadLayers(chain: ChainLink[], pid: number, huskPid: numbe
     const entry = link.manifest.files[proc.pagesFile];
     if (!entry) throw new CrestError('IMAGE_INVALID', `${link.dir}: ${proc.pagesFile} is not listed in its manifest`);
     const written = { bytes: 0 };
-    const got = proc.compression ? streamCompressed(path, proc.compression, mine, huskPid, written) : await streamRaw(path, entry.size, mine, huskPid, bufs, written);
+    const got = proc.compression ? await streamCompressed(path, entry.size, proc.compression, mine, huskPid, bufs, written) : await streamRaw(path, entry.size, mine, huskPid, bufs, written);
     onBytes?.(written.bytes);
     if (got !== entry.crc32) {
       throw new CrestError(

@@ -19,7 +19,7 @@ import { HashingCopier, IntervalCursor } from './pagetrack.js';
 import { prepareTracker } from './uffdwp.js';
 import { progressSink } from '../progress.js';
 import { chainOf, pagePieces, type PagePiece } from '../image/chain.js';
-import { blockIndex, loadLayers, readBlock, writeHusk, type BlockIndex } from './layers.js';
+import { loadLayers } from './layers.js';
 import { unsupported, type DumpContext, type Kind, type RestoreContext } from './types.js';
 import { collectResidency, objectFd, objectOf, preflightObject, sharedCandidates } from './memshare.js';
 
@@ -390,8 +390,9 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
   const pagesPath = join(ctx.dir, ctx.proc.pagesFile);
   // An incremental image's inherited pages come from its parents (image/chain.ts).
   const chain = chainOf(ctx.manifest) ?? [{ dir: ctx.dir, manifest: ctx.manifest }];
-  const layered = chain.length > 1;
-  const loader = layered ? null : ctx.proc.compression ? new CompressedPageLoader(pagesPath, ctx.huskHostPid, ctx.proc.compression) : new PageLoader(pagesPath, ctx.huskHostPid);
+  // A chain, or compressed pages: each image's pages file streamed once (./layers.ts); plain pages of a single image: in area order.
+  const layered = chain.length > 1 || ctx.proc.compression !== undefined;
+  const loader = layered ? null : new PageLoader(pagesPath, ctx.huskHostPid);
   const fileFds = new Map<string, number>();
   const bar = progressSink();
   bar?.start('restore', ctx.proc.vmas.reduce((n, v) => n + [...v.runs, ...(v.inherited ?? [])].reduce((a, [, c]) => a + c * PAGE_SIZE, 0), 0));
@@ -601,67 +602,6 @@ export function mergeRuns(runs: [number, number][]): [number, number][] {
     else out.push([f, c]);
   }
   return out;
-}
-
-/**
- * A compressed pages file streamed into the husk: block after block read,
- * checksummed (the file's CRC-32, over the bytes on disk), decompressed when
- * it is a frame, its pages written where the runs say.
- */
-class CompressedPageLoader {
-  private readonly fd: number;
-  private readonly ix: BlockIndex;
-  private crc = 0;
-  private b = 0;
-  private readonly block: Buffer;
-  private readonly raw = { buf: Buffer.allocUnsafe(0) };
-  private cur: Buffer = Buffer.alloc(0);
-  private curLen = 0;
-  private pos = 0;
-
-  constructor(
-    private readonly path: string,
-    private readonly pid: number,
-    c: { blocks: [number, number][] },
-  ) {
-    this.fd = openSync(path, 'r');
-    this.ix = blockIndex(c.blocks);
-    const most = Math.max(1, ...c.blocks.map(([p]) => p));
-    this.block = Buffer.allocUnsafe(most * PAGE_SIZE);
-  }
-
-  private next(): void {
-    if (this.b >= this.ix.blocks.length) throw new CrestError('IMAGE_TRUNCATED', `compressed pages file ${this.path} has fewer blocks than its runs need`);
-    const [buf, onDisk] = readBlock(this.fd, this.ix, this.b, this.block, this.raw, `compressed pages file ${this.path}`);
-    this.crc = crc32(onDisk, this.crc);
-    this.cur = buf;
-    this.curLen = this.ix.blocks[this.b]![0] * PAGE_SIZE;
-    this.pos = 0;
-    this.b++;
-  }
-
-  async load(addr: number, len: number, skip = false): Promise<void> {
-    let done = 0;
-    while (done < len) {
-      if (this.pos === this.curLen) this.next();
-      const n = Math.min(len - done, this.curLen - this.pos);
-      if (!skip) writeHusk(this.pid, addr + done, this.cur, this.pos, n);
-      this.pos += n;
-      done += n;
-    }
-  }
-
-  finish(): string {
-    return (this.crc >>> 0).toString(16).padStart(8, '0');
-  }
-
-  close(): void {
-    try {
-      closeSync(this.fd);
-    } catch {
-      /* closed */
-    }
-  }
 }
 
 /** The husk's memory is the image's: every area at its address with its protection. */

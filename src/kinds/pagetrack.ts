@@ -218,6 +218,8 @@ class CompressedSink {
   private readonly always = ALWAYS();
   private readonly free: Buffer[] = [];
   private readonly waiters: ((b: Buffer) => void)[] = [];
+  /** CREST_COMPRESS=always: the writer waiting for a free compressor. */
+  private readonly slotWaiters: (() => void)[] = [];
   private readonly t0 = performance.now();
   private waitedMs = 0;
   private giveUp = false;
@@ -273,13 +275,17 @@ class CompressedSink {
         plainLen += n;
       } else {
         flushPlain();
-        if (this.always) while (this.busy >= COMPRESSORS) await new Promise((r) => setImmediate(r));
+        // Waits for a compressor to finish (not polling: on a busy machine polling takes the very core the compressor needs).
+        if (this.always) while (this.busy >= COMPRESSORS) await new Promise<void>((r) => this.slotWaiters.push(r));
         const outBuf = await this.takeOut();
         this.busy++;
         this.compressedBlocks++;
         const frame = native()
           .zstdCompressAsync(buf, off, n, outBuf, 0, outBuf.length, COMPRESS_LEVEL)
-          .finally(() => this.busy--);
+          .finally(() => {
+            this.busy--;
+            this.slotWaiters.shift()?.();
+          });
         frame.catch(() => undefined); // reported through the chain
         this.chain = this.chain.then(async () => {
           const t = performance.now();
