@@ -137,6 +137,12 @@ class RunList {
     if (last && last[0] + last[1] === i) last[1]++;
     else this.runs.push([i, 1]);
   }
+  /** Adds pages [i, i+n), n > 0. */
+  addRun(i: number, n: number): void {
+    const last = this.runs[this.runs.length - 1];
+    if (last && last[0] + last[1] === i) last[1] += n;
+    else this.runs.push([i, n]);
+  }
 }
 
 /** Hashes of every page of the image, in manifest order, grown in blocks. */
@@ -153,6 +159,22 @@ class HashList {
     }
     this.cur[this.n++] = h;
     this.count++;
+  }
+  /** Appends from[at, at+n). */
+  pushRange(from: BigUint64Array, at: number, n: number): void {
+    while (n > 0) {
+      if (this.n === this.cur.length) {
+        this.blocks.push(this.cur);
+        this.cur = new BigUint64Array(65536);
+        this.n = 0;
+      }
+      const k = Math.min(n, this.cur.length - this.n);
+      this.cur.set(from.subarray(at, at + k), this.n);
+      this.n += k;
+      this.count += k;
+      at += k;
+      n -= k;
+    }
   }
   writeTo(file: DataFile): void {
     for (const b of this.blocks) file.write(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
@@ -394,19 +416,35 @@ export class HashingCopier {
     return { runs: runs.runs, inherited: inherited.runs };
   }
 
-  /** Pages the kernel vouches were not written: the parent's hash, no read. */
+  /**
+   * Pages the kernel vouches were not written: the parent's hashes copied in
+   * runs, no read; a page the parent lacks was zero then and is zero now.
+   */
   private keepUnchanged(base: number, page: number, n: number, inherited: RunList): void {
-    for (let i = 0; i < n; i++) {
-      const h = this.parentHash(base + page + i);
-      this.trackedPages++;
-      if (h === undefined) {
-        this.zeroPages++;
-        continue;
+    const par = this.parent!;
+    const len = par.pages.length;
+    let p = base + page;
+    const end = p + n;
+    while (this.cursor < len && par.pages[this.cursor]! < p) this.cursor++;
+    while (p < end) {
+      const c = this.cursor;
+      if (c < len && par.pages[c] === p) {
+        // A run the parent has page for page.
+        let k = c + 1;
+        while (k < len && par.pages[k] === p + (k - c) && p + (k - c) < end) k++;
+        const cnt = k - c;
+        this.hashes.pushRange(par.hashes, c, cnt);
+        inherited.addRun(p - base, cnt);
+        this.inheritedPages += cnt;
+        this.cursor = k;
+        p += cnt;
+      } else {
+        const next = c < len ? Math.min(end, par.pages[c]!) : end;
+        this.zeroPages += next - p;
+        p = next;
       }
-      this.hashes.push(h);
-      inherited.add(page + i);
-      this.inheritedPages++;
     }
+    this.trackedPages += n;
     progressSink()?.add(n * PAGE_SIZE);
   }
 
