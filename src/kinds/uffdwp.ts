@@ -34,6 +34,19 @@
 //   or full pages, never to silently missing pages.
 // The parked fd is crest's: hidden from the fd kinds (crestTrackerFds), never
 // in an image, armed again in the restored process.
+//
+// Seen on this kernel (6.18), by an experiment as an ordinary user: another
+// process of the same user (not even ptrace-attached) can PAGEMAP_SCAN, with
+// PM_SCAN_WP_MATCHING, the pagemap of a process that armed its own
+// userfaultfd; a write by the kernel (read(2) into a protected page) counts
+// as written; a transparent huge page is split where the scan protects only
+// part of it, so one 4 KiB write shows as one page, and a THP left whole
+// reports PAGE_IS_HUGE; mremap moves lose the registration (the new range is
+// not WPALLOWED) and new mmaps have none; a fork child's copy is not
+// WPALLOWED, though it inherits the fd (the context stays the parent's);
+// WP_UNPOPULATED's markers read as swapped pages in pagemap (so it is left
+// off); PM_SCAN_CHECK_WPASYNC fails the whole scan (EPERM) as soon as one
+// VMA is not registered, so crest scans without it and reads WPALLOWED.
 import { closeSync, openSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runtimeDir } from '../paths.js';
