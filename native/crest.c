@@ -880,6 +880,50 @@ static napi_value js_pagemapScanProbe(napi_env env, napi_callback_info info) {
   return probe_result(env, true, 0, NULL);
 }
 
+// ioctl(PAGEMAP_SCAN) on a pagemap fd (/proc/PID/pagemap of a process we may
+// trace): the regions of [start, end) whose page categories match, written
+// as {start, end, categories} u64 triples into `out`. With PM_SCAN_WP_MATCHING
+// (flags bit 0) the matching pages are write-protected again (userfaultfd
+// async write-protect). Returns {n, walkEnd}: the scan stops early when `out`
+// is full; walkEnd says where to go on.
+static napi_value js_pagemapScan(napi_env env, napi_callback_info info) {
+  static const char FN[] = "pagemapScan";
+  ARGS(8);
+  INT_ARG(0, "fd", 0, INT32_MAX, fd);
+  INT_ARG(1, "start", 0, MAX_SAFE_INT, start);
+  INT_ARG(2, "end", 0, MAX_SAFE_INT, end);
+  INT_ARG(3, "flags", 0, 3, flags);
+  INT_ARG(4, "categoryMask", 0, 0xff, mask);
+  INT_ARG(5, "anyofMask", 0, 0xff, anyof);
+  INT_ARG(6, "returnMask", 0, 0xff, ret);
+  void *out;
+  size_t outLen;
+  if (!arg_buffer(env, FN, argv[7], 8, "out", &out, &outLen)) return NULL;
+  if (outLen < sizeof(struct crest_page_region)) {
+    type_error(env, FN, 8, "out", "a Buffer of at least 24 bytes");
+    return NULL;
+  }
+  struct crest_pm_scan_arg arg = {
+      .size = sizeof arg,
+      .flags = (uint64_t)flags,
+      .start = (uint64_t)start,
+      .end = (uint64_t)end,
+      .vec = (uint64_t)(uintptr_t)out,
+      .vec_len = outLen / sizeof(struct crest_page_region),
+      .category_mask = (uint64_t)mask,
+      .category_anyof_mask = (uint64_t)anyof,
+      .return_mask = (uint64_t)ret,
+  };
+  int r = ioctl((int)fd, CREST_PAGEMAP_SCAN, &arg);
+  if (r < 0) return throw_sys(env, "ioctl", "PAGEMAP_SCAN", errno, 0);
+  napi_value result;
+  CHECK(napi_create_object(env, &result));
+  if (!set_prop(env, result, "n", make_int(env, r)) ||
+      !set_prop(env, result, "walkEnd", make_int(env, (int64_t)arg.walk_end)))
+    return napi_failed(env, "napi_set_named_property");
+  return result;
+}
+
 // ---------------------------------------------------------------------------
 // zstd (libzstd, when the build found it): page compression for images.
 // One block per call, into a buffer the caller owns: no allocation per call.
@@ -1105,6 +1149,7 @@ static napi_value init(napi_env env, napi_value exports) {
       FUNC(getxattr),
       FUNC(uffdProbe),
       FUNC(pagemapScanProbe),
+      FUNC(pagemapScan),
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -1,10 +1,11 @@
 // Page tracking's pieces that need no process: raw zstd frames (what a
 // compressed pages file holds where compressing would have slowed the
-// checkpoint) read back by libzstd, and zstd frames round-trip.
+// checkpoint) read back by libzstd, zstd frames round-trip, and the cursor
+// over the pages kernel write tracking vouches for.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { rawFrame } from '../src/kinds/pagetrack.js';
+import { IntervalCursor, rawFrame } from '../src/kinds/pagetrack.js';
 import { native } from '../src/sys/native.js';
 
 test('raw zstd frames decode to their input (1 byte, one block, several blocks)', { skip: native().zstdVersion() === null ? 'built without libzstd' : false }, () => {
@@ -33,4 +34,20 @@ test('zstd frames, sync and on the pool, decode to their input', { skip: native(
   assert.equal(native().zstdDecompress(out, 0, b, back, 0, back.length), src.length);
   assert.ok(back.equals(src));
   assert.throws(() => native().zstdDecompress(out, 0, b - 1, back, 0, back.length), /zstd decompress failed/);
+});
+
+test('IntervalCursor: pages inside and outside the vouched intervals, in runs', () => {
+  const c = new IntervalCursor([
+    [10, 20],
+    [25, 26],
+    [40, 100],
+  ]);
+  assert.deepEqual(c.span(0, 50), [false, 10]);
+  assert.deepEqual(c.span(10, 50), [true, 10]);
+  assert.deepEqual(c.span(15, 18), [true, 3]);
+  assert.deepEqual(c.span(20, 50), [false, 5]);
+  assert.deepEqual(c.span(25, 50), [true, 1]);
+  assert.deepEqual(c.span(26, 30), [false, 4]);
+  assert.deepEqual(c.span(45, 200), [true, 55]);
+  assert.deepEqual(c.span(100, 200), [false, 100]);
 });

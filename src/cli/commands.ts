@@ -121,6 +121,7 @@ function program(result: { code: number }): Command {
       const { loadJob } = await import('../jobs/registry.js');
       const { CheckpointDir } = await import('../jobs/ckptdir.js');
       const { takeCheckpoint } = await import('../jobs/checkpoint.js');
+      const { describeCompression, trackerWords } = await import('../image/show.js');
       const rec = loadJob(o.job);
       if (!rec) throw new CrestError('NO_SUCH_JOB', `no running job named ${JSON.stringify(o.job)}`);
       if (!rec.checkpointDir) {
@@ -129,11 +130,11 @@ function program(result: { code: number }): Command {
       const cd = CheckpointDir.open(rec.checkpointDir);
       const t = await withProgress(() => takeCheckpoint({ cd, job: o.job, stop: !!o.stop, reason: 'request', keep: rec.checkpointKeep, fullEvery: rec.checkpointFullEvery, compress: rec.checkpointCompress, lockWaitMs: o.wait }));
       if (o.json) {
-        out(JSON.stringify({ checkpoint: t.name, path: t.path, parent: t.parent, bytes: t.bytes, durationMs: t.durationMs, pauseMs: t.pauseMs, stopped: t.stopped, removed: t.gc?.removed ?? [] }));
+        out(JSON.stringify({ checkpoint: t.name, path: t.path, parent: t.parent, tracker: t.tracker, compression: t.compression, bytes: t.bytes, durationMs: t.durationMs, pauseMs: t.pauseMs, stopped: t.stopped, removed: t.gc?.removed ?? [] }));
       } else {
         for (const w of t.dump.warnings) err(`crest: warning: ${w}`);
         err(
-          `crest: checkpoint ${t.path}${t.parent ? ` (incremental on ${t.parent})` : ''}: ${mib(t.bytes)} in ${t.durationMs.toFixed(0)} ms; ` +
+          `crest: checkpoint ${t.path}${t.parent ? ` (incremental on ${t.parent}, changes found by ${trackerWords(t.tracker)})` : ''}${t.compression ? `, ${describeCompression(t.compression)}` : ''}: ${mib(t.bytes)} in ${t.durationMs.toFixed(0)} ms; ` +
             (t.stopped ? 'job stopped' : `the job was paused ${t.pauseMs!.toFixed(0)} ms`),
         );
       }
@@ -160,7 +161,7 @@ function program(result: { code: number }): Command {
               running: run,
               finished: fin,
               newest: newest?.name ?? null,
-              checkpoints: list.map((e) => ({ name: e.name, status: e.status, createdAt: e.createdAt ?? null, bytes: e.bytes, parent: e.parent, problem: e.problem ?? null })),
+              checkpoints: list.map((e) => ({ name: e.name, status: e.status, createdAt: e.createdAt ?? null, bytes: e.bytes, parent: e.parent, tracker: e.tracker, problem: e.problem ?? null })),
             },
             null,
             1,
@@ -173,8 +174,9 @@ function program(result: { code: number }): Command {
         out('  (no checkpoints yet)');
         return;
       }
-      const rows = list.map((e) => [e.name, when(e.createdAt), mib(e.bytes), e.parent ?? '-', e.status + (e === newest ? ' (newest)' : '')]);
-      const head = ['NAME', 'TIME', 'SIZE', 'PARENT', 'STATUS'];
+      // PARENT: what an incremental checkpoint is taken on; TRACKER: how it found what changed (full: none needed).
+      const rows = list.map((e) => [e.name, when(e.createdAt), mib(e.bytes), e.parent ?? '-', e.parent ? (e.tracker ?? 'page-hash') : e.manifest ? 'full' : '-', e.status + (e === newest ? ' (newest)' : '')]);
+      const head = ['NAME', 'TIME', 'SIZE', 'PARENT', 'TRACKER', 'STATUS'];
       const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
       const line = (r: string[]): string => r.map((c, i) => (i === 2 ? c.padStart(w[i]!) : c.padEnd(w[i]!))).join('  ').trimEnd();
       out(line(head));

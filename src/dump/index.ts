@@ -20,6 +20,7 @@ import { jobOfPid, listJobs, loadJob, saveJob, type JobRecord } from '../jobs/re
 import { pidHelperCapability, setcapCommand } from '../pids/index.js';
 import { vdsoSizes } from '../kinds/memory.js';
 import { openPageTracking, parentRef, type PageTrackingOptions } from '../kinds/pagetrack.js';
+import { rearmTrackers } from '../kinds/uffdwp.js';
 import { CREST_VERSION } from '../version.js';
 import { StageRunner } from '../stages.js';
 import { faultArg } from '../fault.js';
@@ -222,7 +223,9 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
   }
   try {
     // The parent's page hashes are read before the freeze: the job does not wait for them.
-    const tracking = opts.pages ? runner.run('parent', () => openPageTracking(opts.pages!, opts.dir)) : undefined;
+    // A job's processes are also tracked by the kernel (kinds/uffdwp.ts): its record keys the tracker state.
+    const job = target.record ? { name: target.record.name, initPid: target.record.initPid, initStart: target.record.initStart } : null;
+    const tracking = opts.pages ? runner.run('parent', () => openPageTracking(opts.pages!, opts.dir, job)) : undefined;
     runner.run('freeze', () => {
       for (const m of target.members) frozen.set(m, freeze(m));
       // A process created (or exited) while we froze the tree would be missed: look again.
@@ -305,6 +308,12 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           /* the init already went with its last process */
         }
       } else {
+        // Still frozen: the kernel's write tracking counts from this image on (a failure only costs the next checkpoint its speed).
+        try {
+          rearmTrackers(tracking?.uffd, manifest.checksum);
+        } catch (e) {
+          warnings.push(`write tracking could not be re-armed (the next checkpoint compares page hashes): ${(e as Error).message}`);
+        }
         // Children before parents, each stopped one back in its stop before its parent runs on.
         for (const threads of [...frozen.values()].reverse()) {
           for (const th of [...threads].reverse()) {

@@ -32,8 +32,9 @@ export interface PagePiece {
 
 /**
  * Reads the image in `dir` and every parent it depends on, leaf first. The
- * leaf is read with `opts`; parents with every byte checked (their pages are
- * read at random places later, so they are checked whole here). A parent
+ * leaf is read with `opts`; parents with every byte checked, except the
+ * files `opts.verifiedByCaller` names (a restore checks every pages file of
+ * the chain as it streams it: kinds/layers.ts). A parent
  * that is missing, incomplete, damaged or not the one the child was taken on
  * is refused with IMAGE_PARENT_MISSING / IMAGE_PARENT_DAMAGED /
  * IMAGE_PARENT_MISMATCH, naming both.
@@ -53,7 +54,7 @@ export function readImageChain(dir: string, opts: ReadImageOptions = {}): ChainL
     seen.add(pdir);
     let m: Manifest;
     try {
-      m = readImage(pdir, { verifyData: opts.verifyData ?? true });
+      m = readImage(pdir, { verifyData: opts.verifyData ?? true, verifiedByCaller: opts.verifiedByCaller });
     } catch (e) {
       const code = (e as CrestError).code;
       const missing = code === 'IMAGE_NOT_FOUND' || code === 'IMAGE_NOT_AN_IMAGE' || code === 'IMAGE_INCOMPLETE';
@@ -175,6 +176,9 @@ function resolve(chain: ChainLink[], k: number, pid: number, a: number, b: numbe
  * inherited pages, found in the parents.
  */
 export function pagePieces(chain: ChainLink[], pid: number, v: VmaImage): PagePiece[] {
+  // Worked out once: readImageChain checks every mapping, the restore then uses the same pieces.
+  const cached = piecesCache.get(v);
+  if (cached && cached.chain === chain) return cached.pieces;
   const out: PagePiece[] = [];
   const base = v.start / PAGE_SIZE;
   const runs: [number, number, boolean][] = [
@@ -191,8 +195,11 @@ export function pagePieces(chain: ChainLink[], pid: number, v: VmaImage): PagePi
       resolve(chain, 1, pid, base + first, base + first + count, out);
     }
   }
+  piecesCache.set(v, { chain, pieces: out });
   return out;
 }
+
+const piecesCache = new WeakMap<VmaImage, { chain: ChainLink[]; pieces: PagePiece[] }>();
 
 function resolveOwn(idx: PageIndex, a: number, b: number, out: PagePiece[]): void {
   const i = firstEndingAfter(idx.stored, a);

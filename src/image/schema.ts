@@ -489,6 +489,23 @@ export const ProcessSchema = v.strictObject({
       blocks: v.array(v.tuple([v.pipe(u, v.minValue(1), v.maxValue(65536)), u])),
     }),
   ),
+  /**
+   * (version 2, incremental images) How the pages changed since the parent
+   * were found: `uffd-wp`, the kernel's write tracking (userfaultfd async
+   * write-protect read with PAGEMAP_SCAN) vouched for `trackedPages` pages,
+   * which were not read; the rest (memory it does not cover: new or moved
+   * mappings, file mappings) were read and compared by hash, `readPages`.
+   * `page-hash`: every page was read and hashed; `why` says why the
+   * tracker could not be used.
+   */
+  tracking: v.optional(
+    v.strictObject({
+      method: v.picklist(['uffd-wp', 'page-hash']),
+      why: v.optional(v.string()),
+      trackedPages: u,
+      readPages: u,
+    }),
+  ),
   files: v.array(OpenFileSchema),
   fds: v.array(FdSchema),
   sigactions: v.array(SigactionSchema),

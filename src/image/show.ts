@@ -34,6 +34,61 @@ export interface ImageSummary {
   totalBytes: number;
   files: { name: string; size: number; crc32: string }[];
   processes: ProcessSummary[];
+  /** The image this one is incremental on (its directory relative to this one), or null for a full image. */
+  parent: { dir: string; checksum: string; createdAt: string } | null;
+  /** Pages the image takes from its parents instead of storing them. */
+  inheritedPages: number;
+  /** How an incremental image found what changed (trackerOf); null for a full one. */
+  tracker: Tracker | null;
+}
+
+/** How an incremental image found its changed pages: the kernel's write tracking, page hashes, or both (some processes each). */
+export type Tracker = 'uffd-wp' | 'page-hash' | 'mixed';
+
+/** How much of an image's pages went through zstd: blocks compressed (the rest stored plain) and the bytes before and after. */
+export interface CompressionSummary {
+  blocks: number;
+  compressedBlocks: number;
+  /** The stored pages' size. */
+  rawBytes: number;
+  /** Their size in the pages files. */
+  storedBytes: number;
+}
+
+/** Compression of an image's pages (null when it has none). */
+export function compressionOf(m: Manifest): CompressionSummary | null {
+  let any = false;
+  const c: CompressionSummary = { blocks: 0, compressedBlocks: 0, rawBytes: 0, storedBytes: 0 };
+  for (const p of m.processes) {
+    if (!p.compression) continue;
+    any = true;
+    for (const [pages, bytes] of p.compression.blocks) {
+      c.blocks++;
+      if (bytes > 0) c.compressedBlocks++;
+      c.rawBytes += pages * PAGE_SIZE;
+      c.storedBytes += bytes > 0 ? Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE : pages * PAGE_SIZE;
+    }
+  }
+  return any ? c : null;
+}
+
+/** "zstd 3.1x (all 1024 blocks)" / "zstd 1.2x (100 of 1024 blocks; the rest stored plain: no core was spare)". */
+export function describeCompression(c: CompressionSummary): string {
+  const ratio = c.storedBytes > 0 ? c.rawBytes / c.storedBytes : 1;
+  const share = c.compressedBlocks === c.blocks ? `all ${c.blocks} blocks` : `${c.compressedBlocks} of ${c.blocks} blocks; the rest stored plain, as compressing them would have slowed the checkpoint (no core was spare)`;
+  return `zstd ${ratio.toFixed(2)}x (${share})`;
+}
+
+/** The tracker in words, for log lines: a full image needs none. */
+export function trackerWords(t: Tracker | null): string {
+  return t === 'mixed' ? 'uffd-wp and page hashes' : (t ?? 'page-hash');
+}
+
+/** The page tracker an image's processes used, or null when none recorded one (a full image). */
+export function trackerOf(m: Manifest): Tracker | null {
+  const methods = new Set(m.processes.map((p) => p.tracking?.method).filter((x) => x !== undefined));
+  if (methods.size === 0) return null;
+  return methods.size > 1 ? 'mixed' : [...methods][0]!;
 }
 
 function storedPagesOf(vma: VmaImage): number {
@@ -83,6 +138,9 @@ export function summarizeImage(m: Manifest): ImageSummary {
     totalBytes: files.reduce((n, f) => n + f.size, 0),
     files,
     processes,
+    parent: m.parent ?? null,
+    inheritedPages: m.processes.reduce((n, p) => n + p.vmas.reduce((k, v) => k + (v.inherited ?? []).reduce((a, [, c]) => a + c, 0), 0), 0),
+    tracker: trackerOf(m),
   };
 }
 
@@ -278,6 +336,22 @@ export function describeImage(m: Manifest, dir: string): string {
     `  ${s.processCount} process${s.processCount === 1 ? '' : 'es'}, ${s.threadCount} thread${s.threadCount === 1 ? '' : 's'}, ` +
       `${s.storedPages} stored pages, ${s.files.length} data file${s.files.length === 1 ? '' : 's'} (${humanBytes(s.totalBytes)})`,
   );
+  const comp = compressionOf(m);
+  if (comp) lines.push(`  pages compressed: ${describeCompression(comp)}`);
+  if (m.parent) {
+    lines.push(`  incremental on ${m.parent.dir} (taken ${m.parent.createdAt}, manifest checksum ${m.parent.checksum}): ${s.inheritedPages} pages inherited from it or its parents`);
+    for (const p of m.processes) {
+      const t = p.tracking;
+      if (!t) continue;
+      const how =
+        t.method === 'uffd-wp'
+          ? `kernel write tracking (uffd-wp): ${t.trackedPages} pages vouched unchanged without a read, ${t.readPages} read and compared by hash`
+          : `page hashes: all ${t.readPages} pages read${t.why ? ` (no write tracking: ${t.why})` : ''}`;
+      lines.push(`  pid ${p.pid}: changes found by ${how}`);
+    }
+  } else {
+    lines.push('  full image (no parent)');
+  }
   for (const p of m.processes) {
     lines.push('');
     lines.push(...describeProcess(p));

@@ -13,6 +13,7 @@ import { loadJob, saveJob } from './registry.js';
 import { startJob, waitJob } from './run.js';
 import { forwardSignals, type Helper, type HelperExit } from './supervise.js';
 import { setProgressSink, type ProgressSink } from '../progress.js';
+import { describeCompression, trackerWords } from '../image/show.js';
 
 export interface BatchRunOptions {
   command: string[];
@@ -95,7 +96,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
       let r;
       const prev = opts.resumeProgress ? setProgressSink(opts.resumeProgress) : undefined;
       try {
-        r = await restore({ dir: e.path, name: opts.name });
+        r = await restore({ dir: e.path, name: opts.name, trackPages: true });
       } catch (err) {
         cd.event('resume-failed', { checkpoint: e.name, code: (err as CrestError).code ?? null, error: (err as Error).message });
         throw new CrestError((err as CrestError).code ?? 'RESTORE_FAILED', `cannot resume from ${e.path}: ${(err as Error).message}`, { cause: err });
@@ -143,7 +144,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
       try {
         const t = await takeCheckpoint({ cd, job: name, stop, reason, keep: opts.keep, fullEvery: opts.fullEvery, compress: opts.compress });
         checkpoints.push(t.name);
-        const what = t.parent ? `incremental on ${t.parent}` : 'full';
+        const what = (t.parent ? `incremental on ${t.parent}, ${trackerWords(t.tracker)}` : 'full') + (t.compression ? `, ${describeCompression(t.compression)}` : '');
         log(
           `checkpoint ${t.name} (${reason}, ${what}): ${mib(t.bytes)} in ${t.durationMs.toFixed(0)} ms; ` +
             (t.stopped ? 'job stopped' : `the job was paused ${t.pauseMs!.toFixed(0)} ms`),

@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { dump, type DumpResult } from '../dump/index.js';
 import { CrestError } from '../sys/errors.js';
 import { readImage } from '../image/reader.js';
+import { compressionOf, trackerOf, type CompressionSummary, type Tracker } from '../image/show.js';
 import { CheckpointDir, checkpointName, collectGarbage, parentName, type CheckpointEntry, type GcResult } from './ckptdir.js';
 
 /** Default length of a chain of incremental checkpoints (the full one included). */
@@ -55,6 +56,10 @@ export interface CheckpointTaken {
   path: string;
   /** The checkpoint it is incremental on, or null. */
   parent: string | null;
+  /** How it found what changed since its parent (uffd-wp, page-hash, mixed); null for a full one. */
+  tracker: Tracker | null;
+  /** With --compress: how much was compressed (a busy machine stores blocks plain rather than wait). */
+  compression: CompressionSummary | null;
   /** Bytes written (all data files). */
   bytes: number;
   durationMs: number;
@@ -104,11 +109,14 @@ export async function takeCheckpoint(opts: CheckpointOptions): Promise<Checkpoin
       cd.event(ended ? 'checkpoint-abandoned' : 'checkpoint-failed', { checkpoint: name, reason: opts.reason, code, error: (e as Error).message });
       throw e;
     }
+    const image = readImage(dir, { verifyData: false });
     const taken: CheckpointTaken = {
       name,
       path: dir,
       // The image names its parent only when it inherited pages from it.
-      parent: parentName(readImage(dir, { verifyData: false })),
+      parent: parentName(image),
+      tracker: trackerOf(image),
+      compression: compressionOf(image),
       bytes: d.pagesBytes,
       durationMs: d.durationMs,
       pauseMs: d.stopped ? null : frozenMs(d.stages),
@@ -120,7 +128,9 @@ export async function takeCheckpoint(opts: CheckpointOptions): Promise<Checkpoin
       checkpoint: name,
       reason: opts.reason,
       parent: taken.parent,
+      tracker: taken.tracker,
       bytes: taken.bytes,
+      ...(taken.compression ? { compression: taken.compression } : {}),
       durationMs: Math.round(taken.durationMs),
       pauseMs: taken.pauseMs === null ? null : Math.round(taken.pauseMs),
       stopped: taken.stopped,

@@ -9,6 +9,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readImage } from '../image/reader.js';
+import { trackerOf, type Tracker } from '../image/show.js';
 import { MANIFEST_NAME, type Manifest } from '../image/schema.js';
 import { CrestError } from '../sys/errors.js';
 import { native } from '../sys/native.js';
@@ -64,6 +65,8 @@ export interface CheckpointEntry {
   bytes: number;
   /** The checkpoint it is incremental on (its name), or null for a full one. */
   parent: string | null;
+  /** How an incremental one found what changed (uffd-wp, page-hash, mixed); null for a full one. */
+  tracker: Tracker | null;
   manifest?: Manifest;
 }
 
@@ -188,12 +191,13 @@ export class CheckpointDir {
     const byName = new Map<string, CheckpointEntry>();
     for (const { name, seq } of names) {
       const p = path.join(this.dir, name);
-      const e: CheckpointEntry = { name, seq, path: p, status: 'complete', bytes: dirBytes(p), parent: null };
+      const e: CheckpointEntry = { name, seq, path: p, status: 'complete', bytes: dirBytes(p), parent: null, tracker: null };
       try {
         const m = readImage(p, { verifyData: !!opts.verifyData });
         e.manifest = m;
         e.createdAt = m.createdAt;
         e.parent = parentName(m);
+        e.tracker = trackerOf(m);
       } catch (err) {
         const code = (err as CrestError).code;
         e.status = code === 'IMAGE_INCOMPLETE' || code === 'IMAGE_NOT_AN_IMAGE' ? 'incomplete' : 'damaged';

@@ -69,6 +69,8 @@ export function loadJob(name: string, opts: { includeEnded?: boolean } = {}): Jo
 
 export function removeJob(name: string): void {
   rmSync(recordPath(name), { force: true });
+  // Its page trackers' state (kinds/uffdwp.ts) goes with it.
+  rmSync(join(runtimeDir(), 'jobs', `${name}.uffd-track`), { force: true });
 }
 
 /** Every live job record. */

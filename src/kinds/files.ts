@@ -10,6 +10,7 @@ import { resolve } from 'node:path';
 import { native } from '../sys/native.js';
 import { readFdinfo } from '../proc/index.js';
 import { KCMP_FILE, MAP, O, PROT } from '../sys/constants.js';
+import { crestTrackerFds } from './uffdwp.js';
 import { CrestError } from '../sys/errors.js';
 import type { DataRef, FdImage, Manifest, OpenFileImage, ProcessImage } from '../image/schema.js';
 import type { DataFile } from '../image/writer.js';
@@ -56,7 +57,12 @@ function outsideStream(pid: number, initPid: number | null, fd: number, link: st
  */
 function probeFds(pid: number, initPid: number | null): FdProbe[] {
   const n = native();
-  const nums = readdirSync(`/proc/${pid}/fd`).map(Number).sort((a, b) => a - b);
+  // crest's own page trackers (kinds/uffdwp.ts) are not the process's: left out of the image.
+  const trackers = crestTrackerFds(pid);
+  const nums = readdirSync(`/proc/${pid}/fd`)
+    .map(Number)
+    .filter((fd) => !trackers.has(fd))
+    .sort((a, b) => a - b);
   const out: FdProbe[] = [];
   const reps: FdProbe[] = [];
   for (const fd of nums) {

@@ -15,9 +15,11 @@ import { MADV, MAP, MREMAP, O, PAGE_SIZE, PROT, SYS } from '../sys/constants.js'
 import { CrestError } from '../sys/errors.js';
 import type { VmaImage } from '../image/schema.js';
 import { fileIdentity, verifyFile } from './fileid.js';
-import { HashingCopier } from './pagetrack.js';
+import { HashingCopier, IntervalCursor } from './pagetrack.js';
+import { prepareTracker } from './uffdwp.js';
 import { progressSink } from '../progress.js';
-import { chainOf, pagePieces, type ChainLink, type PagePiece } from '../image/chain.js';
+import { chainOf, pagePieces, type PagePiece } from '../image/chain.js';
+import { loadLayers } from './layers.js';
 import { unsupported, type DumpContext, type Kind, type RestoreContext } from './types.js';
 import { collectResidency, objectFd, objectOf, preflightObject, sharedCandidates } from './memshare.js';
 
@@ -70,6 +72,8 @@ export const memory: Kind = {
     }
   },
   dumpInjected(ctx) {
+    // Kernel write tracking: which pages were written since the parent, and the tracker armed for the next checkpoint.
+    prepareTracker(ctx);
     // Pages of shared memory objects in memory but not mapped here (mincore): asked from inside the process.
     collectResidency(ctx);
   },
@@ -97,6 +101,9 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
   const copier = new PageCopier(pid, memFd, out);
   // Incremental checkpoints: pages hashed, compared with the parent's (kinds/pagetrack.ts).
   const hasher = ctx.pageTracking ? new HashingCopier(pid, memFd, out, buffers(), ctx.pageTracking, ctx.nsPid) : null;
+  // Pages the kernel vouches were not written since the parent (private anonymous memory only): not read.
+  const tracker = ctx.pageTracking?.uffd?.procs.get(ctx.nsPid);
+  const unchanged = tracker?.unchanged ? new IntervalCursor(tracker.unchanged) : undefined;
   const pmBuf = Buffer.allocUnsafe(8 * 65536);
   progressSink()?.start('checkpoint', anonRss(pid));
   try {
@@ -134,7 +141,7 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
         if (kind === 'shmem-anon' || kind === 'memfd' || kind === 'deleted') candidates = sharedCandidates(ctx, e, kind, obj, candidates);
         if (hasher) {
           // A zero page may be left out wherever the restored page reads zero without it: not over a memfd's private mapping.
-          const r = await hasher.copy(e.start, candidates, kind !== 'file' && !(kind === 'memfd' && !e.shared));
+          const r = await hasher.copy(e.start, candidates, kind !== 'file' && !(kind === 'memfd' && !e.shared), kind === 'anon' && !e.shared ? unchanged : undefined);
           vma.runs = r.runs;
           if (r.inherited.length > 0) vma.inherited = r.inherited;
         } else {
@@ -158,6 +165,16 @@ async function dumpMemory(ctx: DumpContext): Promise<void> {
   ctx.proc.pagesFile = pagesName;
   out.close();
   if (hasher) ctx.proc.hashesFile = hasher.writeHashes(ctx.writer, ctx.nsPid);
+  // An incremental image says how it found what changed.
+  if (hasher && ctx.pageTracking?.parent) {
+    const why = tracker ? tracker.why : 'not in a crest job';
+    ctx.proc.tracking = {
+      method: tracker && !tracker.why ? 'uffd-wp' : 'page-hash',
+      ...(why ? { why } : {}),
+      trackedPages: hasher.trackedPages,
+      readPages: hasher.readPages,
+    };
+  }
 }
 
 /** Anonymous and shared memory the process holds (RssAnon + RssShmem): about what a checkpoint reads. */
@@ -365,23 +382,23 @@ const VMFLAG_MADVISE: [string, number][] = [
  * libuv pool while this one is placed), checks its CRC-32 as it goes, and
  * writes each chunk into the husk's memory, populated in bulk first. A
  * mismatch is found before any restored code has run: restore then kills
- * the husk, so a corrupted image never runs.
+ * the husk, so a corrupted image never runs. An incremental image's pages
+ * come from its chain of images, each streamed once (./layers.ts).
  */
 export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
   const t = ctx.thread;
   const pagesPath = join(ctx.dir, ctx.proc.pagesFile);
   // An incremental image's inherited pages come from its parents (image/chain.ts).
   const chain = chainOf(ctx.manifest) ?? [{ dir: ctx.dir, manifest: ctx.manifest }];
-  // Its own pages come in many small pieces between inherited ones: read through a window, not piece by piece.
-  const loader = ctx.proc.compression
-    ? new CompressedPageLoader(pagesPath, ctx.huskHostPid, ctx.proc.compression)
-    : chain.length > 1
-      ? new WindowPageLoader(pagesPath, ctx.huskHostPid)
-      : new PageLoader(pagesPath, ctx.huskHostPid);
-  const parents = new ParentPages(chain, ctx.proc.pid, ctx.huskHostPid);
+  // A chain, or compressed pages: each image's pages file streamed once (./layers.ts); plain pages of a single image: in area order.
+  const layered = chain.length > 1 || ctx.proc.compression !== undefined;
+  const loader = layered ? null : new PageLoader(pagesPath, ctx.huskHostPid);
   const fileFds = new Map<string, number>();
   const bar = progressSink();
   bar?.start('restore', ctx.proc.vmas.reduce((n, v) => n + [...v.runs, ...(v.inherited ?? [])].reduce((a, [, c]) => a + c * PAGE_SIZE, 0), 0));
+  // Layered: the pages every area needs, from whichever image holds them, placed once all areas exist.
+  const pieces: PagePiece[] = [];
+  const mapped: { v: VmaImage; prot: number; mapProt: number }[] = [];
   try {
     for (const v of ctx.proc.vmas) {
       if (SPECIAL.has(v.kind)) continue;
@@ -427,47 +444,55 @@ export async function mapImageMemory(ctx: RestoreContext): Promise<void> {
           if (pop < 0n && pop !== -22n) throw new CrestError('RESTORE_MEMORY', `populating ${hexa(addr + off)}: errno ${-pop}`);
         }
       }
-      if (v.inherited === undefined) {
+      if (loader) {
         for (const [first, count] of v.runs) {
           await loader.load(v.start + first * PAGE_SIZE, count * PAGE_SIZE, filled);
           bar?.add(count * PAGE_SIZE);
         }
+        finishArea(ctx, v, prot, mapProt);
       } else {
-        // Own pages in pages-file order (streamed), inherited ones read from the parent that stores them.
-        for (const piece of pagePieces(chain, ctx.proc.pid, v)) {
-          if (piece.link === 0) await loader.load(piece.addr, piece.pages * PAGE_SIZE, filled);
-          else if (!filled) parents.load(piece);
-          bar?.add(piece.pages * PAGE_SIZE);
-        }
-      }
-      if (mapProt !== prot) t.syscall('mprotect', `protect ${hexa(v.start)}`, SYS.mprotect, v.start, len, prot);
-      // Names given with PR_SET_VMA_ANON_NAME show as [anon:NAME]; give them back.
-      const named = /^\[anon(?:_shmem)?:(.*)\]$/.exec(v.label ?? '');
-      if (named) {
-        const r = t.syscallRaw(SYS.prctl, 0x53564d41 /* PR_SET_VMA */, 0 /* PR_SET_VMA_ANON_NAME */, v.start, len, ctx.mem.str(named[1]!));
-        if (r < 0n) ctx.warnings.push(`could not name ${hexa(v.start)} ${v.label}: errno ${-r}`);
-      }
-      if (v.vmFlags.includes('lo')) {
-        // Locked memory: best effort within the restoring user's RLIMIT_MEMLOCK.
-        const r = t.syscallRaw(SYS.mlock, v.start, len);
-        if (r < 0n) ctx.warnings.push(`could not lock ${hexa(v.start)}-${hexa(v.end)} in memory: errno ${-r}`);
-      }
-      for (const [flag, advice] of VMFLAG_MADVISE) {
-        if (!v.vmFlags.includes(flag)) continue;
-        const r = t.syscallRaw(SYS.madvise, v.start, len, advice);
-        if (r < 0n) ctx.warnings.push(`madvise(${flag}) on ${hexa(v.start)} failed: errno ${-r}`);
+        if (!filled) pieces.push(...pagePieces(chain, ctx.proc.pid, v));
+        mapped.push({ v, prot, mapProt });
       }
     }
-    const want = ctx.manifest.files[ctx.proc.pagesFile]?.crc32;
-    const got = loader.finish();
-    if (got !== want) {
-      throw new CrestError('IMAGE_CHECKSUM', `pages file ${pagesPath} is corrupted (CRC-32 ${got}, the image says ${want}); the restore was abandoned before the process ran`);
+    if (loader) {
+      const want = ctx.manifest.files[ctx.proc.pagesFile]?.crc32;
+      const got = loader.finish();
+      if (got !== want) {
+        throw new CrestError('IMAGE_CHECKSUM', `pages file ${pagesPath} is corrupted (CRC-32 ${got}, the image says ${want}); the restore was abandoned before the process ran`);
+      }
+    } else {
+      await loadLayers(chain, ctx.proc.pid, ctx.huskHostPid, pieces, buffers(), (n) => bar?.add(n));
+      for (const m of mapped) finishArea(ctx, m.v, m.prot, m.mapProt);
     }
   } finally {
     bar?.done();
-    loader.close();
-    parents.close();
+    loader?.close();
     for (const fd of fileFds.values()) t.syscallRaw(SYS.close, fd);
+  }
+}
+
+/** Once an area holds its pages: its real protection, name, lock and advice. */
+function finishArea(ctx: RestoreContext, v: VmaImage, prot: number, mapProt: number): void {
+  const t = ctx.thread;
+  const len = v.end - v.start;
+  ctx.mem.reset();
+  if (mapProt !== prot) t.syscall('mprotect', `protect ${hexa(v.start)}`, SYS.mprotect, v.start, len, prot);
+  // Names given with PR_SET_VMA_ANON_NAME show as [anon:NAME]; give them back.
+  const named = /^\[anon(?:_shmem)?:(.*)\]$/.exec(v.label ?? '');
+  if (named) {
+    const r = t.syscallRaw(SYS.prctl, 0x53564d41 /* PR_SET_VMA */, 0 /* PR_SET_VMA_ANON_NAME */, v.start, len, ctx.mem.str(named[1]!));
+    if (r < 0n) ctx.warnings.push(`could not name ${hexa(v.start)} ${v.label}: errno ${-r}`);
+  }
+  if (v.vmFlags.includes('lo')) {
+    // Locked memory: best effort within the restoring user's RLIMIT_MEMLOCK.
+    const r = t.syscallRaw(SYS.mlock, v.start, len);
+    if (r < 0n) ctx.warnings.push(`could not lock ${hexa(v.start)}-${hexa(v.end)} in memory: errno ${-r}`);
+  }
+  for (const [flag, advice] of VMFLAG_MADVISE) {
+    if (!v.vmFlags.includes(flag)) continue;
+    const r = t.syscallRaw(SYS.madvise, v.start, len, advice);
+    if (r < 0n) ctx.warnings.push(`madvise(${flag}) on ${hexa(v.start)} failed: errno ${-r}`);
   }
 }
 
@@ -577,293 +602,6 @@ export function mergeRuns(runs: [number, number][]): [number, number][] {
     else out.push([f, c]);
   }
   return out;
-}
-
-/** Writes buf[at, at+n) into the husk's memory at addr. */
-function writeHusk(pid: number, addr: number, buf: Buffer, at: number, n: number): void {
-  let w = 0;
-  while (w < n) {
-    const k = native().processVmWritev(pid, addr + w, buf, at + w, n - w);
-    if (k <= 0) throw new CrestError('RESTORE_MEMORY', `could not write the husk's memory at ${hexa(addr + w)}`);
-    w += k;
-  }
-}
-
-/**
- * An 8 MiB window over a file, moved by whole reads: many small pieces at
- * ascending offsets cost one read per window, not one per piece. With
- * `crc`, windows must be asked for in file order and the CRC-32 of the
- * whole file is kept as they load.
- */
-class ReadWindow {
-  private readonly buf = Buffer.allocUnsafe(IO_CHUNK);
-  private start = 0;
-  private len = 0;
-  crc = 0;
-  constructor(
-    private readonly fd: number,
-    private readonly what: string,
-    private readonly crcMode: boolean,
-  ) {}
-
-  /** [buffer, index] holding file bytes [off, off+n), n <= 8 MiB. */
-  get(off: number, n: number): [Buffer, number] {
-    if (off >= this.start && off + n <= this.start + this.len) return [this.buf, off - this.start];
-    // Sequential (CRC) mode: keep the unread tail, read on from the end of the window.
-    let keep = 0;
-    if (this.crcMode) {
-      // Every byte read once, in order: what is left of the window moves to its front.
-      if (off < this.start || off > this.start + this.len) throw new Error(`ReadWindow: ${this.what} read out of order at ${off}`);
-      keep = this.start + this.len - off;
-      if (keep > 0) this.buf.copy(this.buf, 0, off - this.start, this.len);
-    }
-    let got = keep;
-    while (got < this.buf.length) {
-      const r = readSync(this.fd, this.buf, got, this.buf.length - got, off + got);
-      if (r <= 0) break;
-      got += r;
-    }
-    if (got < n) throw new CrestError('IMAGE_TRUNCATED', `${this.what} ended early at offset ${off + got}`);
-    if (this.crcMode) this.crc = crc32(this.buf.subarray(keep, got), this.crc);
-    this.start = off;
-    this.len = got;
-    return [this.buf, 0];
-  }
-}
-
-/** A raw pages file read through a window, in order (its CRC-32 kept), for images with a parent. */
-class WindowPageLoader {
-  private readonly fd: number;
-  private readonly win: ReadWindow;
-  private off = 0;
-  constructor(
-    private readonly path: string,
-    private readonly pid: number,
-  ) {
-    this.fd = openSync(path, 'r');
-    this.win = new ReadWindow(this.fd, `pages file ${path}`, true);
-  }
-
-  async load(addr: number, len: number, skip = false): Promise<void> {
-    let done = 0;
-    while (done < len) {
-      const n = Math.min(IO_CHUNK, len - done);
-      const [buf, at] = this.win.get(this.off, n);
-      if (!skip) writeHusk(this.pid, addr + done, buf, at, n);
-      this.off += n;
-      done += n;
-    }
-  }
-
-  finish(): string {
-    return (this.win.crc >>> 0).toString(16).padStart(8, '0');
-  }
-
-  close(): void {
-    try {
-      closeSync(this.fd);
-    } catch {
-      /* closed */
-    }
-  }
-}
-
-/** Where each block of a compressed pages file is: its first stored page, file offset, size on disk. */
-interface BlockIndex {
-  firstPage: number[];
-  fileOff: number[];
-  /** [pages, frame bytes or 0 for plain pages] as the manifest has them. */
-  blocks: [number, number][];
-}
-
-function blockIndex(blocks: [number, number][]): BlockIndex {
-  const firstPage: number[] = [];
-  const fileOff: number[] = [];
-  let p = 0;
-  let o = 0;
-  for (const [pages, bytes] of blocks) {
-    firstPage.push(p);
-    fileOff.push(o);
-    p += pages;
-    o += bytes === 0 ? pages * PAGE_SIZE : Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
-  }
-  return { firstPage, fileOff, blocks };
-}
-
-/** Reads block b of a compressed pages file into `into` (plain pages, decompressed); returns [buffer holding them, the raw bytes read]. */
-function readBlock(fd: number, ix: BlockIndex, b: number, into: Buffer, raw: { buf: Buffer }, what: string): [Buffer, Buffer] {
-  const [pages, bytes] = ix.blocks[b]!;
-  const onDisk = bytes === 0 ? pages * PAGE_SIZE : Math.ceil(bytes / PAGE_SIZE) * PAGE_SIZE;
-  if (raw.buf.length < onDisk) raw.buf = Buffer.allocUnsafe(onDisk);
-  let got = 0;
-  while (got < onDisk) {
-    const n = readSync(fd, raw.buf, got, onDisk - got, ix.fileOff[b]! + got);
-    if (n <= 0) throw new CrestError('IMAGE_TRUNCATED', `${what} ended early at offset ${ix.fileOff[b]! + got}`);
-    got += n;
-  }
-  if (bytes === 0) return [raw.buf, raw.buf.subarray(0, onDisk)];
-  let n: number;
-  try {
-    n = native().zstdDecompress(raw.buf, 0, bytes, into, 0, into.length);
-  } catch (e) {
-    throw new CrestError('IMAGE_CHECKSUM', `${what}: block ${b} does not decompress (${(e as Error).message}); the image is damaged`, { cause: e });
-  }
-  if (n !== pages * PAGE_SIZE) throw new CrestError('IMAGE_CHECKSUM', `${what}: block ${b} holds ${n} bytes, not ${pages} pages; the image is damaged`);
-  return [into, raw.buf.subarray(0, onDisk)];
-}
-
-/**
- * A compressed pages file streamed into the husk: block after block read,
- * checksummed (the file's CRC-32, over the bytes on disk), decompressed when
- * it is a frame, its pages written where the runs say.
- */
-class CompressedPageLoader {
-  private readonly fd: number;
-  private readonly ix: BlockIndex;
-  private crc = 0;
-  private b = 0;
-  private readonly block: Buffer;
-  private readonly raw = { buf: Buffer.allocUnsafe(0) };
-  private cur: Buffer = Buffer.alloc(0);
-  private curLen = 0;
-  private pos = 0;
-
-  constructor(
-    private readonly path: string,
-    private readonly pid: number,
-    c: { blocks: [number, number][] },
-  ) {
-    this.fd = openSync(path, 'r');
-    this.ix = blockIndex(c.blocks);
-    const most = Math.max(1, ...c.blocks.map(([p]) => p));
-    this.block = Buffer.allocUnsafe(most * PAGE_SIZE);
-  }
-
-  private next(): void {
-    if (this.b >= this.ix.blocks.length) throw new CrestError('IMAGE_TRUNCATED', `compressed pages file ${this.path} has fewer blocks than its runs need`);
-    const [buf, onDisk] = readBlock(this.fd, this.ix, this.b, this.block, this.raw, `compressed pages file ${this.path}`);
-    this.crc = crc32(onDisk, this.crc);
-    this.cur = buf;
-    this.curLen = this.ix.blocks[this.b]![0] * PAGE_SIZE;
-    this.pos = 0;
-    this.b++;
-  }
-
-  async load(addr: number, len: number, skip = false): Promise<void> {
-    let done = 0;
-    while (done < len) {
-      if (this.pos === this.curLen) this.next();
-      const n = Math.min(len - done, this.curLen - this.pos);
-      if (!skip) writeHusk(this.pid, addr + done, this.cur, this.pos, n);
-      this.pos += n;
-      done += n;
-    }
-  }
-
-  finish(): string {
-    return (this.crc >>> 0).toString(16).padStart(8, '0');
-  }
-
-  close(): void {
-    try {
-      closeSync(this.fd);
-    } catch {
-      /* closed */
-    }
-  }
-}
-
-/**
- * Inherited pages of an incremental image, read from the parents' pages
- * files (checked whole by readImageChain before any process existed) and
- * written into the husk.
- */
-class ParentPages {
-  private readonly fds = new Map<number, number>();
-  private buf: Buffer | null = null;
-  constructor(
-    private readonly chain: ChainLink[],
-    private readonly pid: number,
-    private readonly huskPid: number,
-  ) {}
-
-  /** Per raw parent: a window of its pages file (pieces come in ascending offsets). */
-  private readonly windows = new Map<number, ReadWindow>();
-  /** Per compressed parent: where its blocks are, and the block read last. */
-  private readonly frames = new Map<number, { ix: BlockIndex; cached: number; data: Buffer; plain: Buffer; raw: { buf: Buffer } }>();
-
-  load(piece: PagePiece): void {
-    const link = this.chain[piece.link]!;
-    let fd = this.fds.get(piece.link);
-    const proc = link.manifest.processes.find((p) => p.pid === this.pid)!;
-    if (fd === undefined) {
-      fd = openSync(join(link.dir, proc.pagesFile), 'r');
-      this.fds.set(piece.link, fd);
-    }
-    if (proc.compression) return this.loadCompressed(piece, fd, proc.compression, link.dir);
-    let win = this.windows.get(piece.link);
-    if (!win) {
-      win = new ReadWindow(fd, `parent pages file in ${link.dir}`, false);
-      this.windows.set(piece.link, win);
-    }
-    let done = 0;
-    const len = piece.pages * PAGE_SIZE;
-    while (done < len) {
-      const n = Math.min(IO_CHUNK, len - done);
-      const [buf, at] = win.get(piece.offset + done, n);
-      writeHusk(this.huskPid, piece.addr + done, buf, at, n);
-      done += n;
-    }
-  }
-
-  /**
-   * From a compressed parent: the blocks holding the piece, each read (and
-   * decompressed) once: pieces come in address order, and so do the blocks.
-   */
-  private loadCompressed(piece: PagePiece, fd: number, c: { blocks: [number, number][] }, dir: string): void {
-    let f = this.frames.get(piece.link);
-    if (!f) {
-      const ix = blockIndex(c.blocks);
-      const most = Math.max(1, ...c.blocks.map(([p]) => p));
-      f = { ix, cached: -1, data: Buffer.allocUnsafe(most * PAGE_SIZE), plain: Buffer.alloc(0), raw: { buf: Buffer.allocUnsafe(0) } };
-      this.frames.set(piece.link, f);
-    }
-    let page = piece.offset / PAGE_SIZE;
-    let addr = piece.addr;
-    let left = piece.pages;
-    while (left > 0) {
-      // The block holding `page`: the last one starting at or before it.
-      let lo = 0;
-      let hi = f.ix.firstPage.length - 1;
-      while (lo < hi) {
-        const mid = (lo + hi + 1) >> 1; // block indices: small integers
-        if (f.ix.firstPage[mid]! <= page) lo = mid;
-        else hi = mid - 1;
-      }
-      if (f.cached !== lo) {
-        f.plain = readBlock(fd, f.ix, lo, f.data, f.raw, `compressed pages in ${dir}`)[0];
-        f.cached = lo;
-      }
-      const inBlock = page - f.ix.firstPage[lo]!;
-      const n = Math.min(left, f.ix.blocks[lo]![0] - inBlock);
-      if (n <= 0) throw new CrestError('IMAGE_TRUNCATED', `compressed pages in ${dir} have no page ${page}`);
-      writeHusk(this.huskPid, addr, f.plain, inBlock * PAGE_SIZE, n * PAGE_SIZE);
-      page += n;
-      addr += n * PAGE_SIZE;
-      left -= n;
-    }
-  }
-
-  close(): void {
-    for (const fd of this.fds.values()) {
-      try {
-        closeSync(fd);
-      } catch {
-        /* closed */
-      }
-    }
-    this.fds.clear();
-  }
 }
 
 /** The husk's memory is the image's: every area at its address with its protection. */

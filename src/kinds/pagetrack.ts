@@ -19,6 +19,7 @@ import { CrestError } from '../sys/errors.js';
 import { native } from '../sys/native.js';
 import { PAGE_SIZE } from '../sys/constants.js';
 import { progressSink } from '../progress.js';
+import { openUffdTracking, type TrackedJob, type UffdTracking } from './uffdwp.js';
 
 /** What dump() is told to do about page tracking. */
 export interface PageTrackingOptions {
@@ -50,24 +51,27 @@ export interface PageTracking {
   /** Set once any page was inherited: only then does the image depend on its parent. */
   inheritedAny: boolean;
   compress: boolean;
+  /** Kernel write tracking (./uffdwp.ts), for a job's processes; null: page hashes only. */
+  uffd: UffdTracking | null;
 }
 
 /**
  * Loads what an incremental dump into `childDir` needs of the image in
  * `parentDir`: its page hashes (checked against their CRC-32). A parent
  * without hashes (a version 1 image, `crest dump`) cannot serve: null.
+ * A job's processes are tracked by the kernel too (./uffdwp.ts).
  */
-export function openPageTracking(opts: PageTrackingOptions, childDir: string): PageTracking {
+export function openPageTracking(opts: PageTrackingOptions, childDir: string, job: TrackedJob | null = null): PageTracking {
   const compress = !!opts.compress;
   if (compress && native().zstdVersion() === null) {
     throw new CrestError('NO_ZSTD', "crest's native addon was built without libzstd, so it cannot compress; install libzstd-dev and rebuild crest (npm rebuild), or leave out --compress");
   }
-  if (!opts.parentDir) return { parent: null, inheritedAny: false, compress };
+  if (!opts.parentDir) return { parent: null, inheritedAny: false, compress, uffd: openUffdTracking(job) };
   const dir = path.resolve(opts.parentDir);
   const m = readImage(dir, { verifyData: false });
   const byPid = new Map<number, ParentProcess>();
   for (const proc of m.processes) {
-    if (!proc.hashesFile) return { parent: null, inheritedAny: false, compress };
+    if (!proc.hashesFile) return { parent: null, inheritedAny: false, compress, uffd: openUffdTracking(job) };
     const entry = m.files[proc.hashesFile]!;
     const bytes = readWhole(path.join(dir, proc.hashesFile), entry.size);
     const got = (crc32(bytes) >>> 0).toString(16).padStart(8, '0');
@@ -84,7 +88,7 @@ export function openPageTracking(opts: PageTrackingOptions, childDir: string): P
     }
     byPid.set(proc.pid, { pages, hashes });
   }
-  return { parent: { dir, ref: { dir: path.relative(path.resolve(childDir), dir), checksum: m.checksum, createdAt: m.createdAt }, byPid }, inheritedAny: false, compress };
+  return { parent: { dir, ref: { dir: path.relative(path.resolve(childDir), dir), checksum: m.checksum, createdAt: m.createdAt }, byPid }, inheritedAny: false, compress, uffd: openUffdTracking(job) };
 }
 
 /** The parent reference to put in the manifest, when the image depends on its parent. */
@@ -112,6 +116,19 @@ function readWhole(p: string, size: number): Buffer {
 const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
 const ZERO_HASH = xxh64(ZERO_PAGE);
 
+/** Walks sorted, disjoint [start, end) intervals of absolute pages, in ascending order. */
+export class IntervalCursor {
+  private i = 0;
+  constructor(private readonly list: [number, number][]) {}
+  /** From page p (never less than the last p asked), up to `limit`: whether the pages lie inside the intervals, and how many in a row. */
+  span(p: number, limit: number): [boolean, number] {
+    while (this.i < this.list.length && this.list[this.i]![1] <= p) this.i++;
+    const iv = this.list[this.i];
+    if (iv && iv[0] <= p) return [true, Math.min(limit, iv[1]) - p];
+    return [false, Math.min(limit, iv ? iv[0] : limit) - p];
+  }
+}
+
 /** Builds a list of [first, count] runs from ascending page indices. */
 class RunList {
   readonly runs: [number, number][] = [];
@@ -119,6 +136,12 @@ class RunList {
     const last = this.runs[this.runs.length - 1];
     if (last && last[0] + last[1] === i) last[1]++;
     else this.runs.push([i, 1]);
+  }
+  /** Adds pages [i, i+n), n > 0. */
+  addRun(i: number, n: number): void {
+    const last = this.runs[this.runs.length - 1];
+    if (last && last[0] + last[1] === i) last[1] += n;
+    else this.runs.push([i, n]);
   }
 }
 
@@ -136,6 +159,22 @@ class HashList {
     }
     this.cur[this.n++] = h;
     this.count++;
+  }
+  /** Appends from[at, at+n). */
+  pushRange(from: BigUint64Array, at: number, n: number): void {
+    while (n > 0) {
+      if (this.n === this.cur.length) {
+        this.blocks.push(this.cur);
+        this.cur = new BigUint64Array(65536);
+        this.n = 0;
+      }
+      const k = Math.min(n, this.cur.length - this.n);
+      this.cur.set(from.subarray(at, at + k), this.n);
+      this.n += k;
+      this.count += k;
+      at += k;
+      n -= k;
+    }
   }
   writeTo(file: DataFile): void {
     for (const b of this.blocks) file.write(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
@@ -201,6 +240,8 @@ class CompressedSink {
   private readonly always = ALWAYS();
   private readonly free: Buffer[] = [];
   private readonly waiters: ((b: Buffer) => void)[] = [];
+  /** CREST_COMPRESS=always: the writer waiting for a free compressor. */
+  private readonly slotWaiters: (() => void)[] = [];
   private readonly t0 = performance.now();
   private waitedMs = 0;
   private giveUp = false;
@@ -256,13 +297,17 @@ class CompressedSink {
         plainLen += n;
       } else {
         flushPlain();
-        if (this.always) while (this.busy >= COMPRESSORS) await new Promise((r) => setImmediate(r));
+        // Waits for a compressor to finish (not polling: on a busy machine polling takes the very core the compressor needs).
+        if (this.always) while (this.busy >= COMPRESSORS) await new Promise<void>((r) => this.slotWaiters.push(r));
         const outBuf = await this.takeOut();
         this.busy++;
         this.compressedBlocks++;
         const frame = native()
           .zstdCompressAsync(buf, off, n, outBuf, 0, outBuf.length, COMPRESS_LEVEL)
-          .finally(() => this.busy--);
+          .finally(() => {
+            this.busy--;
+            this.slotWaiters.shift()?.();
+          });
         frame.catch(() => undefined); // reported through the chain
         this.chain = this.chain.then(async () => {
           const t = performance.now();
@@ -306,10 +351,16 @@ export class HashingCopier {
   private readonly hashes = new HashList();
   private parent: ParentProcess | null;
   private cursor = 0;
+  /** Pages gathered in the current buffer, not yet written. */
+  private fill = 0;
   private readonly sink: CompressedSink | null;
   storedPages = 0;
   inheritedPages = 0;
   zeroPages = 0;
+  /** Pages read (and hashed) from the process. */
+  readPages = 0;
+  /** Pages kernel write tracking vouched were unchanged (not read). */
+  trackedPages = 0;
 
   constructor(
     private readonly pid: number,
@@ -335,72 +386,143 @@ export class HashingCopier {
     return par.pages[this.cursor] === p ? par.hashes[this.cursor] : undefined;
   }
 
-  /** Copies one mapping's candidate pages; returns its stored and inherited runs. */
-  async copy(start: number, candidates: [number, number][], anonymous: boolean): Promise<{ runs: [number, number][]; inherited: [number, number][] }> {
+  /**
+   * Copies one mapping's candidate pages; returns its stored and inherited
+   * runs. `unchanged` (kernel write tracking, ./uffdwp.ts): absolute pages
+   * not written since the parent; those are not read: inherited where the
+   * parent has them, else still the zero page they were (left out).
+   */
+  async copy(
+    start: number,
+    candidates: [number, number][],
+    anonymous: boolean,
+    unchanged?: IntervalCursor,
+  ): Promise<{ runs: [number, number][]; inherited: [number, number][] }> {
     const runs = new RunList();
     const inherited = new RunList();
     const base = start / PAGE_SIZE;
+    const tracked = unchanged && this.parent ? unchanged : null;
     for (const [first, count] of candidates) {
       let page = first;
-      let left = count;
-      while (left > 0) {
-        const buf = this.ring[this.which]!;
-        const views = this.views[this.which]!;
-        const n = Math.min(left, views.length);
-        // This buffer's pages from the last round must be written (and compressed) first.
-        await this.released[this.which];
-        this.read(start + page * PAGE_SIZE, buf, n * PAGE_SIZE);
-        let kept = 0;
-        for (let i = 0; i < n; i++) {
-          const v = views[i]!;
-          const h = xxh64(v);
-          if (anonymous && h === ZERO_HASH && v.equals(ZERO_PAGE)) {
-            this.zeroPages++;
-            continue;
-          }
-          const idx = page + i;
-          this.hashes.push(h);
-          if (this.parentHash(base + idx) === h) {
-            inherited.add(idx);
-            this.inheritedPages++;
-            continue;
-          }
-          if (kept !== i) buf.copyWithin(kept * PAGE_SIZE, i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
-          kept++;
-          runs.add(idx);
-        }
-        if (kept > 0 && this.sink) {
-          this.released[this.which] = (await this.sink.addChunk(buf, kept * PAGE_SIZE)).written;
-          this.which = (this.which + 1) % this.ring.length;
-          this.storedPages += kept;
-        } else if (kept > 0) {
-          await this.pending;
-          this.pending = this.out.writeAsync(buf, 0, kept * PAGE_SIZE);
-          this.released[this.which] = this.pending;
-          this.which = (this.which + 1) % this.ring.length;
-          this.storedPages += kept;
-        }
-        progressSink()?.add(n * PAGE_SIZE);
+      const end = first + count;
+      while (page < end) {
+        const [vouched, n] = tracked ? tracked.span(base + page, base + end) : [false, end - page];
+        if (vouched) this.keepUnchanged(base, page, n, inherited);
+        else await this.readRun(start, page, n, anonymous, runs, inherited);
         page += n;
-        left -= n;
       }
     }
     if (inherited.runs.length > 0) this.tracker.inheritedAny = true;
     return { runs: runs.runs, inherited: inherited.runs };
   }
 
-  private read(addr: number, buf: Buffer, len: number): void {
+  /**
+   * Pages the kernel vouches were not written: the parent's hashes copied in
+   * runs, no read; a page the parent lacks was zero then and is zero now.
+   */
+  private keepUnchanged(base: number, page: number, n: number, inherited: RunList): void {
+    const par = this.parent!;
+    const len = par.pages.length;
+    let p = base + page;
+    const end = p + n;
+    while (this.cursor < len && par.pages[this.cursor]! < p) this.cursor++;
+    while (p < end) {
+      const c = this.cursor;
+      if (c < len && par.pages[c] === p) {
+        // A run the parent has page for page.
+        let k = c + 1;
+        while (k < len && par.pages[k] === p + (k - c) && p + (k - c) < end) k++;
+        const cnt = k - c;
+        this.hashes.pushRange(par.hashes, c, cnt);
+        inherited.addRun(p - base, cnt);
+        this.inheritedPages += cnt;
+        this.cursor = k;
+        p += cnt;
+      } else {
+        const next = c < len ? Math.min(end, par.pages[c]!) : end;
+        this.zeroPages += next - p;
+        p = next;
+      }
+    }
+    this.trackedPages += n;
+    progressSink()?.add(n * PAGE_SIZE);
+  }
+
+  /**
+   * Reads and hashes pages [page, page+count) of the mapping at `start`:
+   * zero ones dropped, ones equal to the parent's inherited, the rest
+   * appended to the current buffer, written once it is full (scattered
+   * written pages, as kernel tracking finds them, go out in 8 MiB writes,
+   * not one write each).
+   */
+  private async readRun(start: number, page: number, count: number, anonymous: boolean, runs: RunList, inherited: RunList): Promise<void> {
+    const base = start / PAGE_SIZE;
+    let left = count;
+    while (left > 0) {
+      const buf = this.ring[this.which]!;
+      const views = this.views[this.which]!;
+      // This buffer's pages from the last round must be written (and compressed) first.
+      if (this.fill === 0) await this.released[this.which];
+      const at = this.fill;
+      const n = Math.min(left, views.length - at);
+      this.read(start + page * PAGE_SIZE, buf, n * PAGE_SIZE, at * PAGE_SIZE);
+      this.readPages += n;
+      let kept = at;
+      for (let i = at; i < at + n; i++) {
+        const v = views[i]!;
+        const h = xxh64(v);
+        if (anonymous && h === ZERO_HASH && v.equals(ZERO_PAGE)) {
+          this.zeroPages++;
+          continue;
+        }
+        const idx = page + i - at;
+        this.hashes.push(h);
+        if (this.parentHash(base + idx) === h) {
+          inherited.add(idx);
+          this.inheritedPages++;
+          continue;
+        }
+        if (kept !== i) buf.copyWithin(kept * PAGE_SIZE, i * PAGE_SIZE, (i + 1) * PAGE_SIZE);
+        kept++;
+        runs.add(idx);
+      }
+      this.storedPages += kept - at;
+      this.fill = kept;
+      if (this.fill === views.length) await this.flush();
+      progressSink()?.add(n * PAGE_SIZE);
+      page += n;
+      left -= n;
+    }
+  }
+
+  /** Writes the pages gathered in the current buffer (compressed, when compressing) and moves to the next buffer. */
+  private async flush(): Promise<void> {
+    if (this.fill === 0) return;
+    const buf = this.ring[this.which]!;
+    const len = this.fill * PAGE_SIZE;
+    if (this.sink) {
+      this.released[this.which] = (await this.sink.addChunk(buf, len)).written;
+    } else {
+      await this.pending;
+      this.pending = this.out.writeAsync(buf, 0, len);
+      this.released[this.which] = this.pending;
+    }
+    this.which = (this.which + 1) % this.ring.length;
+    this.fill = 0;
+  }
+
+  private read(addr: number, buf: Buffer, len: number, at = 0): void {
     let got = 0;
     while (got < len) {
       // process_vm_readv is the cheaper copy; it refuses pages the process
       // itself could not read (PROT_NONE), which /proc/PID/mem still reads.
       let r = 0;
       try {
-        r = native().processVmReadv(this.pid, addr + got, buf, got, len - got);
+        r = native().processVmReadv(this.pid, addr + got, buf, at + got, len - got);
       } catch {
         r = 0;
       }
-      if (r <= 0) r = readSync(this.memFd, buf, got, len - got, addr + got);
+      if (r <= 0) r = readSync(this.memFd, buf, at + got, len - got, addr + got);
       if (r <= 0) throw new CrestError('MEM_READ', `could not read memory at 0x${(addr + got).toString(16)}`);
       got += r;
     }
@@ -408,6 +530,7 @@ export class HashingCopier {
 
   /** Waits for every write (after compressing what is left, when compressing). */
   async drain(): Promise<void> {
+    await this.flush();
     await this.sink?.finish();
     await this.pending;
   }

@@ -23,6 +23,7 @@ import { choosePidMode, restoreSession, type CycleStats, type Husks, type PidMod
 import { freeJobName, saveJob, removeJob, checkJobName } from '../jobs/registry.js';
 import { readStat } from '../proc/index.js';
 import { StageRunner } from '../stages.js';
+import { armRestored, protectRestored, type RestoredTracker } from '../kinds/uffdwp.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -35,6 +36,12 @@ export interface RestoreOptions {
   /** cycle mode: give up reaching the PIDs after this long (default 30 s). */
   cycleTimeoutMs?: number;
   onStage?: (name: string, ms: number) => void;
+  /**
+   * Arm the kernel's write tracking in every restored process before it
+   * runs (kinds/uffdwp.ts), so that the next incremental checkpoint of the
+   * job reads only what it writes (crest run --checkpoint-dir).
+   */
+  trackPages?: boolean;
 }
 
 export interface RestoreResult {
@@ -114,11 +121,14 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // The whole tree first, while the husks are small: parents, sessions,
     // groups, zombies, stops (restore/treebuild.ts).
     const mains = runner.run('tree', () => buildTree(manifest, husks, held, choice.mode.huskPrivileged));
+    const trackers: RestoredTracker[] = [];
     for (const proc of manifest.processes) {
       const main = mains.get(proc.pid);
       if (main === undefined) throw new CrestError('HELPER_FAILED', `the helper did not report a husk for pid ${proc.pid}`);
-      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, main, husks, held, warnings, unprivileged, objects));
+      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, main, husks, held, warnings, unprivileged, objects, opts.trackPages ? trackers : null));
     }
+    // Write tracking counts from the restored image: every page protected while nothing runs.
+    if (trackers.length > 0) runner.run('track', () => protectRestored(trackers, { name: jobName, initPid, initStart }, manifest.checksum));
     // Registers go in only once every process is built: until then a husk
     // may still hand an object it made (a memfd ...) to a later one, and
     // each closes its copies of them from its scratch area, still mapped.
@@ -185,6 +195,7 @@ async function restoreProcess(
   warnings: string[],
   unprivilegedMode: string | undefined,
   objects: SharedObjects,
+  trackers: RestoredTracker[] | null,
 ): Promise<() => void> {
   const tag = manifest.processes.length > 1 ? `:${proc.pid}` : '';
   const huskPid = t.tid;
@@ -215,6 +226,11 @@ async function restoreProcess(
   // so the pages file and mapped files are already closed again.
   runner.run(`files${tag}`, () => kind('files').restore!(ctx));
   runner.run(`process${tag}`, () => kind('process').restore!(ctx));
+  // The page tracker's fd after the restored fds and rlimits, so it parks clear of both.
+  if (trackers) {
+    const tr = runner.run(`track${tag}`, () => armRestored(ctx));
+    if (tr) trackers.push(tr);
+  }
   // Outside a job: lead its session or process group again, as far as an ordinary process can.
   if (manifest.job.pidMode === 'host') runner.run(`session${tag}`, () => restoreSession(ctx));
   // signals: actions point into restored memory; pending signals are queued

@@ -88,6 +88,13 @@ export interface Native {
   uffdProbe(): { ok: boolean; errno: number; features: bigint };
   /** Probe: ioctl(PAGEMAP_SCAN) on /proc/self/pagemap over one page of our own memory. */
   pagemapScanProbe(): { ok: boolean; errno: number };
+  /**
+   * ioctl(PAGEMAP_SCAN) on a pagemap fd: regions of [start, end) whose
+   * categories match, as u64 {start, end, categories} triples in `out`;
+   * flags 1 = PM_SCAN_WP_MATCHING (write-protect them again), 2 =
+   * PM_SCAN_CHECK_WPASYNC. Stops early when `out` is full (see walkEnd).
+   */
+  pagemapScan(fd: number, start: number, end: number, flags: number, categoryMask: number, anyofMask: number, returnMask: number, out: Buffer): { n: number; walkEnd: number };
 }
 
 let cached: Native | undefined;

@@ -358,7 +358,7 @@ test('crest checkpoint from another shell: now (job runs on), --stop (crest run 
   assert.deepEqual(list.checkpoints.map((c) => c.status), ['complete', 'complete', 'complete', 'complete']);
   assert.equal(list.newest, 'ckpt-0004');
   const text = await crest(['ls', job.dir]);
-  assert.match(text.stdout, /NAME +TIME +SIZE +PARENT +STATUS/);
+  assert.match(text.stdout, /NAME +TIME +SIZE +PARENT +TRACKER +STATUS/);
   assert.match(text.stdout, /ckpt-0004 .* complete \(newest\)/);
 
   const dry = await crest(['gc', job.dir, '--keep', '2', '--dry-run']);
