@@ -409,6 +409,20 @@ export const OpenFileSchema = v.variant('kind', [
     data: v.optional(DataRefSchema),
     locks: v.optional(v.array(FileLockSchema)),
   }),
+  /**
+   * A description an earlier process of the image holds too (inherited over
+   * fork, passed over a socket): that process restores it, this one takes the
+   * very same description from it (shared offset, status flags, pipe, socket).
+   */
+  v.strictObject({
+    kind: v.literal('shared'),
+    id: u,
+    /** The earlier process that restores it (its `pid`) and the index of the description in its `files`. */
+    pid: v.pipe(int, v.minValue(1)),
+    file: u,
+    /** This process's own POSIX record locks taken through it (flock and OFD locks belong to the description: on the other entry). */
+    locks: v.optional(v.array(FileLockSchema)),
+  }),
 ]);
 
 export const FdSchema = v.strictObject({

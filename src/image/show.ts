@@ -195,6 +195,8 @@ function describeFile(f: OpenFileImage | undefined): string {
       return `memfd:${f.name}  ${f.size} bytes  seals 0x${f.seals.toString(16)}  pos ${f.pos}`;
     case 'deleted':
       return `deleted file ${f.path}  ${f.size} bytes  ${openFlags(f.flags)}  pos ${f.pos}`;
+    case 'shared':
+      return `shared with process ${f.pid} (its open file ${f.file})${f.locks ? `  ${f.locks.length} POSIX locks` : ''}`;
   }
 }
 
