@@ -7,8 +7,9 @@
  *   filter:  makes its stdout pipe 1 MiB, copies stdin to stdout with each
  *            byte XORed with a key that depends on its position, exits 0 at EOF;
  *   consume: reads stdin slowly (16 KiB a millisecond), says ready once it
- *            has its first bytes, waits for W/go half-way through (so that
- *            the checkpoint finds both pipes full: data in flight), then reads
+ *            has its first bytes, waits for W/go half-way through (writing
+ *            W/half there: the checkpoint then finds both pipes full, data in
+ *            flight, the producer and the filter blocked writing), then reads
  *            the rest at full speed and checks every byte against the
  *            expected stream (producer's bytes XOR the filter's key), the
  *            total length and the capacity of its stdin pipe; prints
@@ -90,6 +91,7 @@ static int consume(uint64_t total, uint64_t seed)
     unsigned char bad_got = 0, bad_want = 0;
     for (;;) {
         if (ready && !gone && got >= total / 2) {
+            write_filef("half", "%llu\n", (unsigned long long)got);
             wait_go(NULL);
             gone = 1;
             flip = sabotage("data");
