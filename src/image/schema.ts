@@ -202,7 +202,7 @@ export const TerminalSchema = v.strictObject({
 /**
  * One open file description, shared by every fd that refers to it (dup'd fds
  * share offset and status flags, so they are restored as one open + dups).
- * Every variant has `id` and `flags` (file status flags without O_CLOEXEC).
+ * Every variant has `id` and, but for stdio and shared, `flags` (file status flags without O_CLOEXEC).
  * See docs/image-format.md for what each kind holds and how it comes back.
  */
 export const OpenFileSchema = v.variant('kind', [

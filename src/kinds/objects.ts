@@ -12,9 +12,8 @@
 import { CrestError } from '../sys/errors.js';
 import { O, SYS } from '../sys/constants.js';
 import type { RestoreContext } from './types.js';
+import { NR } from './fds/abi.js';
 
-const NR_pidfd_open = 434;
-const NR_pidfd_getfd = 438;
 const F_DUPFD_CLOEXEC = 1030;
 
 /** The key of a memfd (all of them live in one kernel-internal file system: the inode says which). */
@@ -79,9 +78,9 @@ export class SharedObjects {
     const from = this.made.get(key);
     if (!from) throw new CrestError('INTERNAL', `${key} was taken before any process made it`);
     const t = ctx.thread;
-    const pidfd = Number(t.syscall('pidfd_open', `open a pidfd of pid ${from.pid} (which holds ${key})`, NR_pidfd_open, from.pid, 0));
+    const pidfd = Number(t.syscall('pidfd_open', `open a pidfd of pid ${from.pid} (which holds ${key})`, NR.pidfd_open, from.pid, 0));
     try {
-      return Number(t.syscall('pidfd_getfd', `take ${key} from pid ${from.pid}`, NR_pidfd_getfd, pidfd, from.fd, 0));
+      return Number(t.syscall('pidfd_getfd', `take ${key} from pid ${from.pid}`, NR.pidfd_getfd, pidfd, from.fd, 0));
     } catch (e) {
       throw new CrestError('RESTORE_SHARED', `process ${ctx.proc.pid} could not take ${key} from process ${from.pid} of the same job: ${(e as Error).message}`, { cause: e });
     } finally {

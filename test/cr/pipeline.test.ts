@@ -323,6 +323,16 @@ describe('refused: what cannot come back as one tree', () => {
     }
   });
 
+  test('a child made with clone(CLONE_FILES): one fd table for two processes', { timeout: TIMEOUT }, async () => {
+    const job = await startJob(FDTREE, { extra: ['clone-files'] });
+    const dir = tmpImageDir('fdtree-clone-files');
+    const r = await dump({ job: job.name, dir });
+    assertRefused(r, 'dump of a tree with a CLONE_FILES child', new RegExp(`shares its fd table with pid ${job.hostPid}\\b`));
+    for (const pid of treePids(job)) await expectRunningUntraced(pid, 'fdtree clone-files after the refused dump');
+    createGo(job.workDir);
+    assertPass(await withTimeout(job.run.exited, 60_000, `crest run of ${job.name}`), FDTREE, 'fdtree clone-files let go after the refused dump');
+  });
+
   test('an epoll instance shared with the child, watching a file only the child holds', { timeout: TIMEOUT }, async () => {
     const job = await startJob(FDTREE, { extra: ['epoll-elsewhere'] });
     assert.ok(processAlive(childOf(job)));

@@ -29,7 +29,8 @@
  * through /proc/PID/fd/31 from outside the job; "outside-reader": the same,
  * and once W/close31 exists the child closes 31 (the only write end left is
  * then outside the job); "epoll-elsewhere": 23 also watches an eventfd at
- * fd 32 that only the child keeps.
+ * fd 32 that only the child keeps; "clone-files": only a child made with
+ * clone(CLONE_FILES) (one fd table for both), which waits for go and exits.
  */
 #define TARGET_NAME "fdtree"
 #include "fd_common.h"
@@ -38,6 +39,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
@@ -204,6 +206,12 @@ static void mkpipe(int r_at, int w_at)
     put_at(p[1], w_at, 0);
 }
 
+/* Children wait for W/go too (without appending to W/resumed). */
+static void child_wait_go(void)
+{
+    while (access(g_go_path, F_OK) != 0) sleep_ms(10);
+}
+
 static int outside_mode(void)
 {
     return strcmp(mode, "outside-both") == 0 || strcmp(mode, "outside-reader") == 0;
@@ -285,6 +293,18 @@ int main(int argc, char **argv)
 {
     target_init(argc, argv, KEYS);
     if (argc > 2) mode = argv[2];
+    if (strcmp(mode, "clone-files") == 0) {
+        pid_t c = (pid_t)syscall(SYS_clone, CLONE_FILES | SIGCHLD, 0, 0, 0, 0);
+        if (c < 0) DIE_ERRNO("clone");
+        if (c == 0) {
+            child_wait_go();
+            _exit(0);
+        }
+        announce_ready();
+        wait_go(NULL);
+        CHECK("child", reap(c) == 0, "the CLONE_FILES child failed");
+        return finish();
+    }
     seed = fresh_seed();
     signal(SIGPIPE, SIG_IGN);
     char why[256], before[1024], after[1024];

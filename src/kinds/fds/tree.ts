@@ -11,11 +11,17 @@
 // the kernel does not tell apart from the tree's own (poll sees a writer, or a
 // reader, and nothing more). So the fd tables of every process crest may look
 // at (the user's own) are searched for the tree's pipes too.
+//
+// Two processes that share one fd table (clone CLONE_FILES without
+// CLONE_THREAD) are refused: restored, each would have a table of its own.
 import { readdirSync, readlinkSync } from 'node:fs';
 import { native } from '../../sys/native.js';
 import { KCMP_FILE } from '../../sys/constants.js';
 import { readStatus } from '../../proc/index.js';
+import { unsupported } from '../types.js';
 import type { FdProbe, TreeFds, TreeProcess } from './types.js';
+
+const KCMP_FILES = 2;
 
 /**
  * The tree's fd tables: `members` (host pids, image order) each probed with
@@ -29,8 +35,22 @@ export function linkTree(members: readonly number[], probe: (pid: number) => FdP
     const nspid = readStatus(hostPid).nspid;
     return { hostPid, nsPid: nspid[nspid.length - 1]!, fds, ids };
   });
-  if (procs.length > 1) findOwners(procs);
+  if (procs.length > 1) {
+    refuseSharedTables(procs);
+    findOwners(procs);
+  }
   return { procs, pipesOutside: pipesOutside(procs) };
+}
+
+/** Refuses two processes with one fd table (kcmp KCMP_FILES, asked only of tables of the same size). */
+function refuseSharedTables(procs: readonly TreeProcess[]): void {
+  const n = native();
+  for (const [i, a] of procs.entries()) {
+    for (const b of procs.slice(i + 1)) {
+      if (a.fds.length !== b.fds.length || n.kcmp(a.hostPid, b.hostPid, KCMP_FILES, 0, 0) !== 0) continue;
+      throw unsupported(b.hostPid, 'fd table', `it shares its fd table with pid ${a.hostPid} (clone with CLONE_FILES, not a thread), which is not supported yet`);
+    }
+  }
 }
 
 /** Sets `owner` on every description an earlier process holds too. */
