@@ -239,22 +239,23 @@ describe('a parent and its child sharing open files', () => {
     }
   });
 
-  test('round trip: one log offset, O_APPEND, socketpairs with data queued both ways, pipes, an eventfd and an epoll instance shared again', { timeout: TIMEOUT }, async () => {
+  test('round trip: one log offset, O_APPEND, socketpairs with data queued both ways, pipes, an eventfd, an epoll instance, a memfd and a FIFO shared again', { timeout: TIMEOUT }, async () => {
     const rt = await roundTrip(FDTREE);
     assertPass(rt.restore, FDTREE, 'restore of fdtree');
     assert.deepEqual(jobTargetPids(rt.job), [], 'a process of fdtree outlived crest restore');
     const [parent, child] = processesOf(rt.imageDir);
     assert.ok(parent && child && child.ppid === parent.pid, 'the image holds the parent, then its child');
-    // The child's fds 10, 11, 20-23 refer to the parent's descriptions.
+    // The child's fds 10, 11, 20-23, 26, 27 refer to the parent's descriptions; its own FIFO end 28 is its own.
     const entry = (p: ImageProcess, fd: number): OpenFile => p.files[p.fds.find((x) => x.fd === fd)!.file]!;
-    for (const fd of [10, 11, 20, 21, 22, 23]) {
+    assert.equal(entry(child, 28).kind, 'fifo');
+    for (const fd of [10, 11, 20, 21, 22, 23, 26, 27]) {
       const f = entry(child, fd);
       assert.equal(f.kind, 'shared', `child fd ${fd}: ${JSON.stringify(f)}`);
       assert.equal(f.pid, parent.pid);
       assert.equal(f.file, parent.fds.find((x) => x.fd === fd)!.file, `child fd ${fd} refers to the parent's fd ${fd}`);
     }
     // Each socket's queue is in its own process's entry; each pipe's bytes on one end only.
-    for (const [p, fd, bytes] of [[parent, 12, 60000], [child, 13, 60000], [parent, 14, 3368], [child, 15, 3368], [child, 18, 40000], [parent, 20, 1000]] as const) {
+    for (const [p, fd, bytes] of [[parent, 12, 60000], [child, 13, 60000], [parent, 14, 3368], [child, 15, 3368], [child, 18, 40000], [parent, 20, 1000], [parent, 27, 9]] as const) {
       const f = entry(p, fd);
       const got = f.queue?.data.length ?? f.buffer?.data?.length;
       assert.equal(got, bytes, `fd ${fd} of pid ${p.pid}: ${JSON.stringify(f)}`);

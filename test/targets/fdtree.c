@@ -13,15 +13,20 @@
  *   22    an eventfd (count 7), shared;
  *   23    an epoll instance, shared, watching fd 12 (the parent's end, with
  *         data from the child) for EPOLLIN with data 0x1234;
- *   24/25 a seqpacket socketpair the two take turns with (empty at the checkpoint).
+ *   24/25 a seqpacket socketpair the two take turns with (empty at the checkpoint);
+ *   26    a memfd (4096 bytes) at offset 100, shared;
+ *   27    the FIFO W/fifo opened O_RDWR, shared, "fifo-data" in it; the child
+ *         opens it again O_WRONLY at 28 after the fork.
  * Each writes a line to both logs before ready: "P0 C0" in that order.
  * After go they take turns: the child sees the epoll report through the
- * shared instance, reads its queued data, both pipes and the eventfd, writes
- * "C1"; the parent reads its queued data, sees the eventfd and the shared
- * pipe emptied by the child, writes "P1"; the child writes "C2" and pings
+ * shared instance, reads its queued data, both pipes and the eventfd, 10
+ * bytes of the memfd, writes "X" into the FIFO and "C1" into the logs; the
+ * parent reads its queued data, sees the eventfd and the shared pipe emptied
+ * by the child, the memfd's offset moved by it, "fifo-dataX" in the FIFO,
+ * writes "P1"; the child writes "C2" and pings
  * each socket; the parent reads the pings and checks the logs hold exactly
  * "P0 C0 C1 P1 C2" (one offset: nothing overwritten) and every offset is
- * at the end. Same descriptions in both (kcmp) for 10, 11, 20-23; open fds
+ * at the end. Same descriptions in both (kcmp) for 10, 11, 20-23, 26, 27; open fds
  * unchanged in both. The child reports its failures through W/child-fail
  * and its exit status.
  * Modes (argv[2]), for refusals: "outside-both": 30/31 one more pipe, read
@@ -40,10 +45,12 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-static const char *const KEYS[] = {"fdset", "same", "log", "append", "stream", "dgram", "seqpacket", "pipe", "sharedpipe", "eventfd", "epoll", "ping", "child", NULL};
+static const char *const KEYS[] = {"fdset", "same", "log", "append", "stream", "dgram", "seqpacket", "pipe", "sharedpipe", "eventfd", "epoll", "memfd", "fifo", "ping", "child", NULL};
+static const int SHARED_FDS[] = {10, 11, 20, 21, 22, 23, 26, 27};
 
 #define STREAM_BYTES 60000
 #define PIPE_BYTES 40000
@@ -232,6 +239,7 @@ static int child_main(void)
     char why[256], before[1024], after[1024];
     close(12), close(14), close(16), close(19), close(24);
     if (outside_mode()) close(30);
+    put_at(open(wpath("fifo"), O_WRONLY), 28, 0);
     unsigned char b[STREAM_BYTES];
     fill(b, 2, 0, STREAM_BYTES);
     write_all(13, b, STREAM_BYTES, "stream to parent");
@@ -267,6 +275,10 @@ static int child_main(void)
     uint64_t count = 0;
     if (sabotage("eventfd")) { uint64_t one = 1; write(22, &one, 8); }
     CHECK("eventfd", read(22, &count, 8) == 8 && count == 7, "the shared eventfd read %llu, want 7", (unsigned long long)count);
+    unsigned char m[10];
+    ssize_t mn = read(26, m, sizeof m);
+    CHECK("memfd", mn == 10 && differs(m, 9, 100, 10) == 10, "the shared memfd read %zd bytes at 100, want 10 of its contents", mn);
+    write_all(28, "X", 1, "fifo");
     write_all(10, "C1\n", 3, "log");
     write_all(11, "c1\n", 3, "alog");
     tok(25);
@@ -320,7 +332,11 @@ int main(int argc, char **argv)
     struct epoll_event ee = {.events = EPOLLIN, .data.u64 = 0x1234};
     if (epoll_ctl(23, EPOLL_CTL_ADD, 12, &ee) != 0) DIE_ERRNO("epoll_ctl");
     mkpair(SOCK_SEQPACKET, 24, 25);
+    put_at(memfd_create("fdtree", 0), 26, 0);
     if (outside_mode()) mkpipe(30, 31);
+    if (mkfifo(wpath("fifo"), 0600) != 0) DIE_ERRNO("mkfifo");
+    put_at(open(wpath("fifo"), O_RDWR), 27, 0);
+    write_all(27, "fifo-data", 9, "fifo");
     if (strcmp(mode, "epoll-elsewhere") == 0) {
         put_at(eventfd(0, 0), 32, 0);
         struct epoll_event e2 = {.events = EPOLLIN, .data.u64 = 0x32};
@@ -333,6 +349,9 @@ int main(int argc, char **argv)
     send_msgs(16, 5);
     fill(b, 7, 0, PIPE_BYTES);
     write_all(19, b, PIPE_BYTES, "pipe to child");
+    fill(b, 9, 0, 4096);
+    write_all(26, b, 4096, "memfd");
+    if (lseek(26, 100, SEEK_SET) != 100) DIE_ERRNO("lseek memfd");
     fill(b, 8, 0, SHARED_PIPE_BYTES);
     write_all(21, b, SHARED_PIPE_BYTES, "shared pipe");
     write_all(10, "P0\n", 3, "log");
@@ -350,8 +369,8 @@ int main(int argc, char **argv)
     wait_go(NULL);
 
     if (sabotage("same")) put_at(open(wpath("alog"), O_WRONLY | O_APPEND), 11, 0);
-    for (int fd = 10; fd <= 23; fd++) {
-        if (fd >= 12 && fd <= 19) continue;
+    for (size_t i = 0; i < sizeof SHARED_FDS / sizeof SHARED_FDS[0]; i++) {
+        int fd = SHARED_FDS[i];
         CHECK("same", syscall(SYS_kcmp, getpid(), child, 0 /* KCMP_FILE */, fd, fd) == 0, "fd %d of the parent and the child are different descriptions", fd);
     }
     if (sabotage("epoll")) epoll_ctl(23, EPOLL_CTL_DEL, 12, NULL);
@@ -369,6 +388,16 @@ int main(int argc, char **argv)
         ioctl(20, FIONREAD, &left);
         CHECK("sharedpipe", left == 0, "the shared pipe still holds %d bytes after the child read it", left);
         CHECK("eventfd", (poll_now(22, POLLIN) & POLLIN) == 0, "the shared eventfd still counts after the child read it");
+        if (sabotage("memfd")) lseek(26, 0, SEEK_SET);
+        off_t moff = lseek(26, 0, SEEK_CUR);
+        CHECK("memfd", moff == 110, "the shared memfd's offset is %lld after the child read 10 bytes at 100, want 110", (long long)moff);
+        if (sabotage("fifo")) { char x; read(27, &x, 1); }
+        char f[16] = {0};
+        int fl = fcntl(27, F_GETFL);
+        fcntl(27, F_SETFL, fl | O_NONBLOCK);
+        ssize_t fn = read(27, f, sizeof f - 1);
+        fcntl(27, F_SETFL, fl);
+        CHECK("fifo", fn == 10 && memcmp(f, "fifo-dataX", 10) == 0, "the FIFO held %zd bytes '%s', want 'fifo-dataX'", fn, f);
         if (sabotage("log")) lseek(10, -3, SEEK_CUR);
         write_all(10, "P1\n", 3, "log");
         write_all(11, "p1\n", 3, "alog");
