@@ -63,6 +63,7 @@ const FDTREE = 'fdtree' as TargetName;
 
 interface OpenFile {
   kind: string;
+  locks?: { kind: string; write: boolean; start: number; end: number | null }[];
   pipe?: number;
   pid?: number;
   file?: number;
@@ -239,7 +240,7 @@ describe('a parent and its child sharing open files', () => {
     }
   });
 
-  test('round trip: one log offset, O_APPEND, socketpairs with data queued both ways, pipes, an eventfd, an epoll instance, a memfd and a FIFO shared again', { timeout: TIMEOUT }, async () => {
+  test('round trip: one log offset, O_APPEND, socketpairs with data queued both ways, pipes, an eventfd, an epoll instance, a memfd and a FIFO shared again; POSIX and flock locks kept', { timeout: TIMEOUT }, async () => {
     const rt = await roundTrip(FDTREE);
     assertPass(rt.restore, FDTREE, 'restore of fdtree');
     assert.deepEqual(jobTargetPids(rt.job), [], 'a process of fdtree outlived crest restore');
@@ -254,6 +255,10 @@ describe('a parent and its child sharing open files', () => {
       assert.equal(f.pid, parent.pid);
       assert.equal(f.file, parent.fds.find((x) => x.fd === fd)!.file, `child fd ${fd} refers to the parent's fd ${fd}`);
     }
+    // The child's POSIX lock goes with its shared entry, the flock with the parent's description.
+    assert.deepEqual(entry(child, 10).locks, [{ kind: 'posix', write: true, start: 100, end: 199 }]);
+    assert.deepEqual(entry(parent, 11).locks?.map((l) => l.kind), ['flock']);
+    assert.equal(entry(parent, 10).locks, undefined, "the child's POSIX lock is not the parent's");
     // Each socket's queue is in its own process's entry; each pipe's bytes on one end only.
     for (const [p, fd, bytes] of [[parent, 12, 60000], [child, 13, 60000], [parent, 14, 3368], [child, 15, 3368], [child, 18, 40000], [parent, 20, 1000], [parent, 27, 9]] as const) {
       const f = entry(p, fd);

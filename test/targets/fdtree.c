@@ -1,8 +1,10 @@
 /*
  * fdtree: a parent and its child sharing open files (test/cr/pipeline.test.ts).
  * Before the fork the parent opens, at fixed fds:
- *   10    W/log, O_RDWR without O_APPEND: one description, so one offset, for both;
- *   11    W/alog, O_WRONLY|O_APPEND;
+ *   10    W/log, O_RDWR without O_APPEND: one description, so one offset, for
+ *         both; the child holds a POSIX write lock on its bytes 100-199
+ *         through it (the process's, not the description's);
+ *   11    W/alog, O_WRONLY|O_APPEND, with an flock (the description's);
  *   12/13 a stream socketpair, 14/15 a dgram one, 16/17 a seqpacket one: the
  *         parent keeps the even end, the child the odd one, and each sends the
  *         other data it leaves unread until go (stream: 60000 bytes each way;
@@ -45,11 +47,12 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sched.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-static const char *const KEYS[] = {"fdset", "same", "log", "append", "stream", "dgram", "seqpacket", "pipe", "sharedpipe", "eventfd", "epoll", "memfd", "fifo", "ping", "child", NULL};
+static const char *const KEYS[] = {"fdset", "same", "log", "append", "stream", "dgram", "seqpacket", "pipe", "sharedpipe", "eventfd", "epoll", "memfd", "fifo", "locks", "ping", "child", NULL};
 static const int SHARED_FDS[] = {10, 11, 20, 21, 22, 23, 26, 27};
 
 #define STREAM_BYTES 60000
@@ -247,6 +250,8 @@ static int child_main(void)
     send_msgs(17, 6);
     write_all(10, "C0\n", 3, "log");
     write_all(11, "c0\n", 3, "alog");
+    struct flock lk = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 100, .l_len = 100};
+    if (fcntl(10, F_SETLK, &lk) != 0) DIE_ERRNO("F_SETLK");
     tok(25);
     fdset(before, sizeof before);
     while (access(g_go_path, F_OK) != 0) {
@@ -292,9 +297,15 @@ static int child_main(void)
     CHECK("log", end == 15, "the child's offset in the log is %lld, want 15", (long long)end);
     int ok = send(13, "ping", 4, 0) == 4 && send(15, "ping", 4, 0) == 4 && send(17, "ping", 4, 0) == 4;
     CHECK("ping", ok, "the child's pings failed: %s", strerror(errno));
+    if (sabotage("locks")) {
+        struct flock un = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = 100, .l_len = 100};
+        fcntl(10, F_SETLK, &un);
+    }
     fdset(after, sizeof after);
     CHECK("fdset", strcmp(before, after) == 0, "the child's open fds were '%s', now '%s'", before, after);
     tok(25);
+    /* Alive (its lock held) until the parent has looked. */
+    if (!wait_tok(25)) fail("child", "no last turn from the parent");
     if (sabotage("child")) return 3;
 out:
     if (g_failed) write_file("child-fail", g_fail_msg, g_fail_len);
@@ -322,6 +333,7 @@ int main(int argc, char **argv)
     char why[256], before[1024], after[1024];
     put_at(open(wpath("log"), O_RDWR | O_CREAT | O_TRUNC, 0644), 10, 0);
     put_at(open(wpath("alog"), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644), 11, 0);
+    if (flock(11, LOCK_EX | LOCK_NB) != 0) DIE_ERRNO("flock");
     mkpair(SOCK_STREAM, 12, 13);
     mkpair(SOCK_DGRAM, 14, 15);
     mkpair(SOCK_SEQPACKET, 16, 17);
@@ -425,6 +437,17 @@ int main(int argc, char **argv)
             CHECK("log", strcmp(log, "P0\nC0\nC1\nP1\nC2\n") == 0 && end == 15, "the log holds '%s' and the parent's offset is %lld", oneline(log),
                   (long long)end);
             CHECK("append", strcmp(alog, "p0\nc0\nc1\np1\nc2\n") == 0, "the appended log holds '%s'", oneline(alog));
+            // The child still holds its POSIX lock (the parent sees it), the shared description its flock.
+            struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 120, .l_len = 10};
+            int got = fcntl(10, F_GETLK, &q);
+            CHECK("locks", got == 0 && q.l_type == F_WRLCK && q.l_pid == child && q.l_start == 100 && q.l_len == 100,
+                  "F_GETLK on the log shows type %d pid %d range %lld+%lld, want the child's (%d) write lock on 100+100", q.l_type, (int)q.l_pid,
+                  (long long)q.l_start, (long long)q.l_len, (int)child);
+            int other = open(wpath("alog"), O_RDONLY | O_CLOEXEC);
+            int fl2 = flock(other, LOCK_SH | LOCK_NB);
+            CHECK("locks", fl2 != 0 && errno == EWOULDBLOCK, "the appended log's flock is gone (a new description could lock it)");
+            close(other);
+            tok(24);
         }
     }
     if (sabotage("fdset")) open("/dev/null", O_RDONLY);
