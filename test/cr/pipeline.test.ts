@@ -11,7 +11,6 @@
 // does not. Every refused job runs on untouched and finishes with PASS.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -24,6 +23,8 @@ import {
   assertPass,
   assertRefused,
   assertStillRunning,
+  checkRefused,
+  checksCanFail,
   cleanEnv,
   createGo,
   describeResult,
@@ -37,12 +38,11 @@ import {
   restore,
   resumed,
   roundTrip,
-  runTargetDirect,
+  sabotageKeys,
   sleep,
   spawnCrest,
   spawnTracked,
   startJob,
-  targetArgv,
   tmpImageDir,
   tmpWorkDir,
   uniqueName,
@@ -85,13 +85,6 @@ function processesOf(imageDir: string): ImageProcess[] {
 /** The image reads back, validated, and re-encodes to the very bytes of its manifest. */
 function assertReencodes(imageDir: string): void {
   assert.equal(canonicalJson(readImage(imageDir)), fs.readFileSync(path.join(imageDir, 'manifest.json'), 'utf8'), 'the manifest does not re-encode to its bytes');
-}
-
-function sabotageKeys(t: TargetName): string[] {
-  const [cmd, ...args] = targetArgv(t, '--sabotage-list');
-  return execFileSync(cmd as string, args, { encoding: 'utf8' })
-    .split('\n')
-    .filter((l) => l.length > 0);
 }
 
 /** The shell command of the pipeline working in `workDir`. */
@@ -152,11 +145,6 @@ function assertPipelineImage(imageDir: string, full: boolean): void {
     assert.deepEqual(buffers.map((b) => b.data?.length ?? 0).sort((a, b) => a - b), [65536, 1 << 20], 'bytes in flight');
   }
   assertReencodes(imageDir);
-}
-
-/** Host pids of fdtree's parent and child. */
-function treePids(job: Job): number[] {
-  return jobTargetPids(job);
 }
 
 describe('a shell pipeline through checkpoints', () => {
@@ -231,13 +219,7 @@ describe('a shell pipeline through checkpoints', () => {
 
 describe('a parent and its child sharing open files', () => {
   test('fdtree passes without crest, and each of its checks fails when sabotaged', { timeout: TIMEOUT }, async () => {
-    const ok = await runTargetDirect(FDTREE);
-    assert.ok(ok.code === 0 && ok.stdout.trim() === 'PASS fdtree', describeResult('fdtree without crest', ok));
-    for (const key of sabotageKeys(FDTREE)) {
-      const r = await runTargetDirect(FDTREE, { env: { CREST_TEST_SABOTAGE: key } });
-      assert.equal(r.code, 1, describeResult(`fdtree with CREST_TEST_SABOTAGE=${key}`, r));
-      assert.ok(r.stdout.startsWith('FAIL fdtree: ') && r.stdout.includes(`${key}: `), describeResult(`fdtree with CREST_TEST_SABOTAGE=${key}`, r));
-    }
+    await checksCanFail(FDTREE);
   });
 
   test('round trip: one log offset, O_APPEND, socketpairs with data queued both ways, pipes, an eventfd, an epoll instance, a memfd and a FIFO shared again; POSIX and flock locks kept', { timeout: TIMEOUT }, async () => {
@@ -273,30 +255,16 @@ describe('a parent and its child sharing open files', () => {
     const img = tmpImageDir('fdtree-leave');
     assertOk(await dump({ job: job.name, dir: img, leaveRunning: true }), 'dump --leave-running');
     assertStillRunning(job.run, 'fdtree after dump --leave-running');
-    for (const pid of treePids(job)) await expectRunningUntraced(pid, 'fdtree after dump --leave-running');
+    for (const pid of jobTargetPids(job)) await expectRunningUntraced(pid, 'fdtree after dump --leave-running');
     createGo(job.workDir);
     assertPass(await withTimeout(job.run.exited, 60_000, 'fdtree left running'), FDTREE, 'fdtree left running after its checkpoint');
     assertReencodes(img);
   });
 });
 
-/** Dumping `job` is refused with `message` naming its first process; the job stays running, untraced, and finishes with PASS. */
-async function checkRefused(job: Job, message: RegExp): Promise<void> {
-  const dir = tmpImageDir(`${job.target}-refused`);
-  const r = await dump({ job: job.name, dir });
-  assertRefused(r, `dump of ${job.target}`, message);
-  assert.match(r.stderr, new RegExp(`pid ${job.hostPid}\\b`), describeResult('the refusal names the pid', r));
-  assert.ok(!fs.existsSync(path.join(dir, 'manifest.json')), 'a refused dump left a manifest');
-  assertStillRunning(job.run, `${job.target} after the refused dump`);
-  for (const pid of treePids(job)) await expectRunningUntraced(pid, `${job.target} after the refused dump`);
-  assert.ok(!resumed(job.workDir), 'the job went past its wait');
-  createGo(job.workDir);
-  assertPass(await withTimeout(job.run.exited, 60_000, `crest run of ${job.name}`), job.target, `${job.target} let go after the refused dump`);
-}
-
 /** The child's host pid (the process of fdtree that is not the topmost). */
 function childOf(job: Job): number {
-  const child = treePids(job).find((p) => p !== job.hostPid);
+  const child = jobTargetPids(job).find((p) => p !== job.hostPid);
   assert.ok(child !== undefined, 'fdtree has no child');
   return child;
 }
@@ -334,7 +302,7 @@ describe('refused: what cannot come back as one tree', () => {
     const dir = tmpImageDir('fdtree-clone-files');
     const r = await dump({ job: job.name, dir });
     assertRefused(r, 'dump of a tree with a CLONE_FILES child', new RegExp(`shares its fd table with pid ${job.hostPid}\\b`));
-    for (const pid of treePids(job)) await expectRunningUntraced(pid, 'fdtree clone-files after the refused dump');
+    for (const pid of jobTargetPids(job)) await expectRunningUntraced(pid, 'fdtree clone-files after the refused dump');
     createGo(job.workDir);
     assertPass(await withTimeout(job.run.exited, 60_000, `crest run of ${job.name}`), FDTREE, 'fdtree clone-files let go after the refused dump');
   });

@@ -41,7 +41,6 @@
  */
 #define TARGET_NAME "fdtree"
 #include "fd_common.h"
-#include <dirent.h>
 #include <signal.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -83,27 +82,6 @@ static size_t differs(const unsigned char *b, int which, size_t off, size_t n)
     for (size_t i = 0; i < n; i++)
         if (b[i] != pat(which, off + i)) return i;
     return n;
-}
-
-/* The open fds as a string "0 1 2 10 11 ...". */
-static void fdset(char *out, size_t cap)
-{
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) DIE_ERRNO("opendir");
-    int dfd = dirfd(d), fds[256], n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < 256) {
-        if (e->d_name[0] == '.') continue;
-        int fd = atoi(e->d_name);
-        if (fd != dfd) fds[n++] = fd;
-    }
-    closedir(d);
-    for (int i = 0; i < n; i++)
-        for (int j = i + 1; j < n; j++)
-            if (fds[j] < fds[i]) { int t = fds[i]; fds[i] = fds[j]; fds[j] = t; }
-    size_t used = 0;
-    out[0] = 0;
-    for (int i = 0; i < n; i++) used += (size_t)snprintf(out + used, cap - used, "%d ", fds[i]);
 }
 
 /* Sends the messages of stream `which` on `fd` (datagrams or seqpackets). */
