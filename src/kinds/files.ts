@@ -377,13 +377,21 @@ function restoreFds(ctx: RestoreContext): void {
   });
   for (const h of high) raw(ctx, NR.close, h);
   for (const [name, at] of mapped) if (at !== 0) raw(ctx, NR.munmap, at, ctx.manifest.files[name]!.size);
-  // Locks last: closing any fd of a file drops every POSIX lock the process holds on it,
-  // so they are taken only once no fd will be closed or replaced any more.
-  proc.files.forEach((f, index) => {
+}
+
+/**
+ * Takes the process's file locks again. Last of all, once the whole tree is
+ * built and the husk has closed the shared objects it held for the others
+ * (SharedObjects.release): closing any fd of a file drops every POSIX lock
+ * the process holds on it, so they are taken only once no fd will be closed
+ * or replaced any more.
+ */
+export function restoreFileLocks(ctx: RestoreContext): void {
+  ctx.proc.files.forEach((f, index) => {
     if ((f.kind === 'file' || f.kind === 'deleted' || f.kind === 'shared') && f.locks) {
       ctx.mem.reset();
       const what = f.kind === 'file' ? f.file.path : f.kind === 'deleted' ? f.path : `open file ${f.file} of pid ${f.pid}`;
-      restoreLocks(f.locks, fdOf(index), what, fctx);
+      restoreLocks(f.locks, ctx.proc.fds.find((x) => x.file === index)!.fd, what, ctx);
     }
   });
 }

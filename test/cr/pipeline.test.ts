@@ -228,10 +228,10 @@ describe('a parent and its child sharing open files', () => {
     assert.deepEqual(jobTargetPids(rt.job), [], 'a process of fdtree outlived crest restore');
     const [parent, child] = processesOf(rt.imageDir);
     assert.ok(parent && child && child.ppid === parent.pid, 'the image holds the parent, then its child');
-    // The child's fds 10, 11, 20-23, 26, 27 refer to the parent's descriptions; its own FIFO end 28 is its own.
+    // The child's fds 10, 11, 20-23, 26, 27, 29 refer to the parent's descriptions; its own FIFO end 28 is its own.
     const entry = (p: ImageProcess, fd: number): OpenFile => p.files[p.fds.find((x) => x.fd === fd)!.file]!;
     assert.equal(entry(child, 28).kind, 'fifo');
-    for (const fd of [10, 11, 20, 21, 22, 23, 26, 27]) {
+    for (const fd of [10, 11, 20, 21, 22, 23, 26, 27, 29]) {
       const f = entry(child, fd);
       assert.equal(f.kind, 'shared', `child fd ${fd}: ${JSON.stringify(f)}`);
       assert.equal(f.pid, parent.pid);
@@ -241,6 +241,8 @@ describe('a parent and its child sharing open files', () => {
     assert.deepEqual(entry(child, 10).locks, [{ kind: 'posix', write: true, start: 100, end: 199 }]);
     assert.deepEqual(entry(parent, 11).locks?.map((l) => l.kind), ['flock']);
     assert.equal(entry(parent, 10).locks, undefined, "the child's POSIX lock is not the parent's");
+    assert.equal(entry(parent, 29).kind, 'deleted');
+    assert.deepEqual(entry(parent, 29).locks, [{ kind: 'posix', write: true, start: 0, end: 9 }]);
     // Each socket's queue is in its own process's entry; each pipe's bytes on one end only.
     for (const [p, fd, bytes] of [[parent, 12, 60000], [child, 13, 60000], [parent, 14, 3368], [child, 15, 3368], [child, 18, 40000], [parent, 20, 1000], [parent, 27, 9]] as const) {
       const f = entry(p, fd);

@@ -18,7 +18,9 @@
  *   24/25 a seqpacket socketpair the two take turns with (empty at the checkpoint);
  *   26    a memfd (4096 bytes) at offset 100, shared;
  *   27    the FIFO W/fifo opened O_RDWR, shared, "fifo-data" in it; the child
- *         opens it again O_WRONLY at 28 after the fork.
+ *         opens it again O_WRONLY at 28 after the fork;
+ *   29    W/gone, deleted while open, shared, the parent's POSIX write lock
+ *         on its bytes 0-9 (the child sees it).
  * Each writes a line to both logs before ready: "P0 C0" in that order.
  * After go they take turns: the child sees the epoll report through the
  * shared instance, reads its queued data, both pipes and the eventfd, 10
@@ -28,7 +30,7 @@
  * writes "P1"; the child writes "C2" and pings
  * each socket; the parent reads the pings and checks the logs hold exactly
  * "P0 C0 C1 P1 C2" (one offset: nothing overwritten) and every offset is
- * at the end. Same descriptions in both (kcmp) for 10, 11, 20-23, 26, 27; open fds
+ * at the end. Same descriptions in both (kcmp) for 10, 11, 20-23, 26, 27, 29; open fds
  * unchanged in both. The child reports its failures through W/child-fail
  * and its exit status.
  * Modes (argv[2]), for refusals: "outside-both": 30/31 one more pipe, read
@@ -52,7 +54,7 @@
 #include <sys/wait.h>
 
 static const char *const KEYS[] = {"fdset", "same", "log", "append", "stream", "dgram", "seqpacket", "pipe", "sharedpipe", "eventfd", "epoll", "memfd", "fifo", "locks", "ping", "child", NULL};
-static const int SHARED_FDS[] = {10, 11, 20, 21, 22, 23, 26, 27};
+static const int SHARED_FDS[] = {10, 11, 20, 21, 22, 23, 26, 27, 29};
 
 #define STREAM_BYTES 60000
 #define PIPE_BYTES 40000
@@ -258,6 +260,10 @@ static int child_main(void)
     uint64_t count = 0;
     if (sabotage("eventfd")) { uint64_t one = 1; write(22, &one, 8); }
     CHECK("eventfd", read(22, &count, 8) == 8 && count == 7, "the shared eventfd read %llu, want 7", (unsigned long long)count);
+    struct flock q = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10};
+    int gl = fcntl(29, F_GETLK, &q);
+    CHECK("locks", gl == 0 && q.l_type == F_WRLCK && q.l_pid == getppid() && q.l_len == 10,
+          "F_GETLK on the deleted file shows type %d pid %d, want the parent's (%d) write lock on bytes 0-9", q.l_type, (int)q.l_pid, (int)getppid());
     unsigned char m[10];
     ssize_t mn = read(26, m, sizeof m);
     CHECK("memfd", mn == 10 && differs(m, 9, 100, 10) == 10, "the shared memfd read %zd bytes at 100, want 10 of its contents", mn);
@@ -327,6 +333,11 @@ int main(int argc, char **argv)
     if (mkfifo(wpath("fifo"), 0600) != 0) DIE_ERRNO("mkfifo");
     put_at(open(wpath("fifo"), O_RDWR), 27, 0);
     write_all(27, "fifo-data", 9, "fifo");
+    put_at(open(wpath("gone"), O_RDWR | O_CREAT | O_TRUNC, 0644), 29, 0);
+    write_all(29, "0123456789", 10, "gone");
+    struct flock gk = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10};
+    if (fcntl(29, F_SETLK, &gk) != 0) DIE_ERRNO("F_SETLK gone");
+    if (unlink(wpath("gone")) != 0) DIE_ERRNO("unlink gone");
     if (strcmp(mode, "epoll-elsewhere") == 0) {
         put_at(eventfd(0, 0), 32, 0);
         struct epoll_event e2 = {.events = EPOLLIN, .data.u64 = 0x32};
@@ -364,6 +375,10 @@ int main(int argc, char **argv)
         CHECK("same", syscall(SYS_kcmp, getpid(), child, 0 /* KCMP_FILE */, fd, fd) == 0, "fd %d of the parent and the child are different descriptions", fd);
     }
     if (sabotage("epoll")) epoll_ctl(23, EPOLL_CTL_DEL, 12, NULL);
+    if (sabotage("locks")) {
+        struct flock un = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 10};
+        fcntl(29, F_SETLK, &un);
+    }
     if (sabotage("append")) fcntl(11, F_SETFL, 0);
     CHECK("append", (status_flags(11) & O_APPEND) != 0 && (status_flags(10) & O_APPEND) == 0, "status flags of the logs: 0%o, 0%o", status_flags(10), status_flags(11));
     tok(24);
