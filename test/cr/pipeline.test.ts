@@ -87,10 +87,10 @@ function assertReencodes(imageDir: string): void {
   assert.equal(canonicalJson(readImage(imageDir)), fs.readFileSync(path.join(imageDir, 'manifest.json'), 'utf8'), 'the manifest does not re-encode to its bytes');
 }
 
-/** The shell command of the pipeline working in `workDir`. */
-function pipelineCommand(workDir: string, seed: number): string {
+/** The shell command of the pipeline working in `workDir`, with `middle` (real programs) between the producer and the filter. */
+function pipelineCommand(workDir: string, seed: number, middle: readonly string[] = []): string {
   const bin = path.join(TARGETS_BIN, 'pipeline');
-  return `${bin} ${workDir} produce ${BYTES} ${seed} | ${bin} ${workDir} filter ${seed} | ${bin} ${workDir} consume ${BYTES} ${seed}`;
+  return [`${bin} ${workDir} produce ${BYTES} ${seed}`, ...middle, `${bin} ${workDir} filter ${seed}`, `${bin} ${workDir} consume ${BYTES} ${seed}`].join(' | ');
 }
 
 interface Pipeline {
@@ -100,10 +100,10 @@ interface Pipeline {
 }
 
 /** `crest run -- /bin/sh -c 'produce | filter | consume'`, once the consumer has its first bytes (and, with `half`, waits at half-way). */
-async function startPipeline(half: boolean): Promise<Pipeline> {
+async function startPipeline(half: boolean, middle: readonly string[] = []): Promise<Pipeline> {
   const name = uniqueName('pipeline');
   const workDir = tmpWorkDir('pipeline');
-  const run = spawnCrest(['run', '--name', name, '--', '/bin/sh', '-c', pipelineCommand(workDir, randomInt(1, 2 ** 47))], { env: cleanEnv() });
+  const run = spawnCrest(['run', '--name', name, '--', '/bin/sh', '-c', pipelineCommand(workDir, randomInt(1, 2 ** 47), middle)], { env: cleanEnv() });
   await waitForFile(path.join(workDir, half ? 'half' : 'ready'), 60_000, run);
   return { name, workDir, run };
 }
@@ -196,6 +196,21 @@ describe('a shell pipeline through checkpoints', () => {
     assertPass(r, PIPELINE, 'the pipeline left running after two checkpoints');
     // go exists: the restored consumer reads on at once.
     assertPass(await restore(imgs[1]!), PIPELINE, 'restore of the second --leave-running image');
+  });
+
+  test('real programs in the middle (cat, gzip -1, gzip -d): checkpointed half-way and restored, the stream arrives whole', { timeout: TIMEOUT }, async () => {
+    const p = await startPipeline(true, ['cat', 'gzip -1', 'gzip -d']);
+    const img = tmpImageDir('pipeline-gzip');
+    assertOk(await dump({ job: p.name, dir: img }), 'dump of the pipeline through gzip');
+    await withTimeout(p.run.exited, 30_000, 'crest run after the dump');
+    const procs = processesOf(img);
+    assert.deepEqual(procs.map((x) => x.comm).sort(), ['cat', 'gzip', 'gzip', 'pipeline', 'pipeline', 'pipeline', 'sh'], 'the shell and its six stages');
+    const inFlight = procs.flatMap((x) => x.files).filter((f) => f.kind === 'pipe' && (f.buffer?.data?.length ?? 0) > 0);
+    assert.ok(inFlight.length >= 2, `bytes in flight in several pipes: ${JSON.stringify(inFlight.map((f) => f.buffer))}`);
+    assertReencodes(img);
+    createGo(p.workDir);
+    assertPass(await restore(img), PIPELINE, 'restore of the pipeline through gzip');
+    assert.deepEqual(pipelinePids(p), []);
   });
 
   test('a restored pipeline (detached) is checkpointed again by name and restores to PASS', { timeout: TIMEOUT }, async () => {
