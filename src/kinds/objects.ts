@@ -8,7 +8,10 @@
 // which lets one take another's fd; outside a job, same-user processes may
 // too). Each husk keeps its copy at an fd above every fd the process will
 // have, so the files stage neither reuses nor closes it, until the whole tree
-// is built: then release() closes them all, before any process runs.
+// is built: then release() closes them all, before any process runs. An
+// open file description the making process holds itself is lent from the fd
+// it has it at (nothing extra held, nothing to close), and a taker places
+// what it takes at its own fds.
 import { CrestError } from '../sys/errors.js';
 import { O, SYS } from '../sys/constants.js';
 import type { RestoreContext } from './types.js';
@@ -33,7 +36,6 @@ interface Made {
   filled: boolean;
 }
 
-
 /** The objects of one restore (one per restore, shared by every husk's context). */
 export class SharedObjects {
   private readonly made = new Map<string, Made>();
@@ -50,9 +52,9 @@ export class SharedObjects {
 
   /**
    * A new fd of object `key` in the husk, taken from the husk that made it,
-   * for the caller to keep or close (not closed by release(): closing any fd
-   * of a file would drop the POSIX locks the process takes on it after the
-   * files stage). Undefined when no husk made it.
+   * for the caller to place or close (release() knows nothing of it): an
+   * open file description the process holds at an fd of its own. Undefined
+   * when no husk made it.
    */
   take(ctx: RestoreContext, key: string): number | undefined {
     return this.made.has(key) ? this.grab(ctx, key) : undefined;
