@@ -10,7 +10,7 @@
 // belongs to no spawned child), by pid; registerCleanup() hooks it to
 // node:test's afterEach/after.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -588,6 +588,45 @@ export async function expectRunningUntraced(pid: number, what: string, settleMs 
     if (Date.now() > end) assert.fail(`${what}: pid ${pid} is traced or stopped: TracerPid ${tracer}, state ${st}`);
     await sleep(20);
   }
+}
+
+/** A target's check keys (`target --sabotage-list`). */
+export function sabotageKeys(t: TargetName): string[] {
+  const [cmd, ...args] = targetArgv(t, '--sabotage-list');
+  return execFileSync(cmd as string, args, { encoding: 'utf8' })
+    .split('\n')
+    .filter((l) => l.length > 0);
+}
+
+/** The target passes alone, and each of its checks fails when its state is corrupted (CREST_TEST_SABOTAGE). */
+export async function checksCanFail(t: TargetName, extra: string[] = []): Promise<void> {
+  const ok = await runTargetDirect(t, { extra });
+  assert.ok(ok.code === 0 && ok.stdout.trim() === `PASS ${t}`, describeResult(`${t} without crest`, ok));
+  for (const key of sabotageKeys(t)) {
+    const r = await runTargetDirect(t, { extra, env: { CREST_TEST_SABOTAGE: key } });
+    const what = `${t} with CREST_TEST_SABOTAGE=${key}`;
+    assert.equal(r.code, 1, describeResult(what, r));
+    assert.ok(r.stdout.startsWith(`FAIL ${t}: `) && r.stdout.includes(`${key}: `), describeResult(what, r));
+  }
+}
+
+/**
+ * Dumping `job` is refused with `message`, naming the job's first process;
+ * no image is left, every process of the target runs on untraced, and,
+ * let go, the job finishes with PASS.
+ */
+export async function checkRefused(job: Job, message: RegExp): Promise<void> {
+  const dir = tmpImageDir(`${job.target}-refused`);
+  const r = await dump({ job: job.name, dir });
+  assertRefused(r, `dump of ${job.target}`, message);
+  assert.match(r.stderr, new RegExp(`pid ${job.hostPid}\\b`), describeResult('the refusal names the pid', r));
+  assert.ok(!fs.existsSync(path.join(dir, 'manifest.json')), 'a refused dump left a manifest');
+  assertStillRunning(job.run, `${job.target} after the refused dump`);
+  for (const pid of jobTargetPids(job)) await expectRunningUntraced(pid, `${job.target} after the refused dump`);
+  assert.ok(!resumed(job.workDir), 'the job went past its wait');
+  createGo(job.workDir);
+  const fin = await withTimeout(job.run.exited, 60_000, `crest run of ${job.name}`);
+  assertPass(fin, job.target, `${job.target} let go after the refused dump`);
 }
 
 export interface RoundTripOptions extends StartJobOptions {

@@ -377,6 +377,23 @@ test('manifest damage: hand edits, schema violations, semantics, versions, junk'
     ['dup pid', (m) => { const p = structuredClone(m.processes[0]); p.threads[0].tid = 5; m.processes.push(p); }, /pid 2 already used/],
     ['dup tid', (m) => { m.processes[0].threads.push(structuredClone(m.processes[0].threads[0])); }, /tid 2 already used/],
     ['reserved name', (m) => { m.files['manifest.json'] = { size: 0, crc32: '00000000' }; }, /reserved/],
+    ['shared with itself', (m) => { m.processes[0].files.push({ kind: 'shared', id: 9, pid: 2, file: 0 }); }, /files\[\d+\]: it refers to pid 2, which is not an earlier process/],
+    [
+      'shared entry of a shared entry',
+      (m) => {
+        const child = structuredClone(m.processes[0]);
+        child.pid = 3;
+        child.ppid = 2;
+        child.threads[0].tid = 3;
+        child.pagesFile = 'pages-3.img';
+        child.vmas = [];
+        child.files = [{ kind: 'shared', id: 0, pid: 2, file: 0 }];
+        child.fds = [{ fd: 0, file: 0, cloexec: false }];
+        m.files['pages-3.img'] = { size: 0, crc32: '00000000' };
+        m.processes.push(child);
+      },
+      /processes\[1\]\.files\[0\]: it refers to files\[0\] of pid 2, a \w+ entry/,
+    ],
   ];
   for (const [what, edit, pattern] of semantic) {
     editManifest(dir, edit, true);

@@ -361,6 +361,7 @@ function newContext(pid: number, threads: Thread[], target: Target, writer: Imag
     hostPid: pid,
     nsPid,
     initHostPid: target.initPid,
+    members: target.members,
     status,
     stat,
     thread: threads[0]!,

@@ -214,7 +214,7 @@ export const TerminalSchema = v.strictObject({
 /**
  * One open file description, shared by every fd that refers to it (dup'd fds
  * share offset and status flags, so they are restored as one open + dups).
- * Every variant has `id` and `flags` (file status flags without O_CLOEXEC).
+ * Every variant has `id` and, but for stdio and shared, `flags` (file status flags without O_CLOEXEC).
  * See docs/image-format.md for what each kind holds and how it comes back.
  */
 export const OpenFileSchema = v.variant('kind', [
@@ -419,6 +419,20 @@ export const OpenFileSchema = v.variant('kind', [
     size: u,
     mode: u,
     data: v.optional(DataRefSchema),
+    locks: v.optional(v.array(FileLockSchema)),
+  }),
+  /**
+   * A description an earlier process of the image holds too (inherited over
+   * fork, passed over a socket): that process restores it, this one takes the
+   * very same description from it (shared offset, status flags, pipe, socket).
+   */
+  v.strictObject({
+    kind: v.literal('shared'),
+    id: u,
+    /** The earlier process that restores it (its `pid`) and the index of the description in its `files`. */
+    pid: v.pipe(int, v.minValue(1)),
+    file: u,
+    /** This process's own POSIX record locks taken through it (flock and OFD locks belong to the description: on the other entry). */
     locks: v.optional(v.array(FileLockSchema)),
   }),
 ]);

@@ -220,7 +220,8 @@ function terminalModes(t: TerminalImage): string {
   return `terminal ${lflag(0o10, 'echo')} ${lflag(0o2, 'icanon')} ${lflag(0o1, 'isig')}${t.foreground ? '  foreground' : ''}`;
 }
 
-function describeFile(f: OpenFileImage | undefined): string {
+/** An open file as `crest show` lists it; a `shared` one with what it is in the process that restores it. */
+function describeFile(f: OpenFileImage | undefined, procs: readonly ProcessImage[]): string {
   if (f === undefined) return '(missing)';
   switch (f.kind) {
     case 'file':
@@ -253,6 +254,11 @@ function describeFile(f: OpenFileImage | undefined): string {
       return `memfd:${f.name}  ${f.size} bytes  seals 0x${f.seals.toString(16)}  pos ${f.pos}`;
     case 'deleted':
       return `deleted file ${f.path}  ${f.size} bytes  ${openFlags(f.flags)}  pos ${f.pos}`;
+    case 'shared': {
+      const there = procs.find((p) => p.pid === f.pid)?.files[f.file];
+      const what = there === undefined || there.kind === 'shared' ? '(missing)' : describeFile(there, procs);
+      return `shared with process ${f.pid}: ${what}${f.locks ? `  ${f.locks.length} POSIX lock${f.locks.length > 1 ? 's' : ''} of its own` : ''}`;
+    }
   }
 }
 
@@ -281,7 +287,7 @@ function table(rows: string[][], rightAligned: ReadonlySet<number>, indent: stri
   );
 }
 
-function describeProcess(p: ProcessImage): string[] {
+function describeProcess(p: ProcessImage, procs: readonly ProcessImage[]): string[] {
   const lines: string[] = [];
   const pages = storedPages(p);
   lines.push(`process ${p.pid} (${p.comm})  ppid ${p.ppid}  pgid ${p.pgid}  sid ${p.sid}`);
@@ -306,7 +312,7 @@ function describeProcess(p: ProcessImage): string[] {
   lines.push(`  files (${p.fds.length} fds):`);
   lines.push(
     ...table(
-      [...p.fds].sort((a, b) => a.fd - b.fd).map((fd) => [String(fd.fd), '->', describeFile(p.files[fd.file]) + (fd.cloexec ? '  cloexec' : '')]),
+      [...p.fds].sort((a, b) => a.fd - b.fd).map((fd) => [String(fd.fd), '->', describeFile(p.files[fd.file], procs) + (fd.cloexec ? '  cloexec' : '')]),
       new Set([0]),
       '    ',
     ),
@@ -354,7 +360,7 @@ export function describeImage(m: Manifest, dir: string): string {
   }
   for (const p of m.processes) {
     lines.push('');
-    lines.push(...describeProcess(p));
+    lines.push(...describeProcess(p, m.processes));
   }
   lines.push('');
   lines.push('data files:');

@@ -209,6 +209,8 @@ export function checkSemantics(m: Manifest, limit = 5): string[] {
         if (add(`${pp}.files[${fi}].id`, `id ${id} is used twice`)) return problems;
       }
       ids.add(id);
+      const why = sharedProblem(m, pi, proc.files[fi]!);
+      if (why !== null && add(`${pp}.files[${fi}]`, why)) return problems;
     }
     const fds = new Set<number>();
     for (let di = 0; di < proc.fds.length; di++) {
@@ -232,6 +234,21 @@ export function checkSemantics(m: Manifest, limit = 5): string[] {
     }
   }
   return problems;
+}
+
+/**
+ * What is wrong with a `shared` entry of processes[pi]: it must name an
+ * earlier process (which restores the description before this one takes
+ * it) and an entry there that is a description of its own.
+ */
+function sharedProblem(m: Manifest, pi: number, f: ProcessImage['files'][number]): string | null {
+  if (f.kind !== 'shared') return null;
+  const oi = m.processes.findIndex((p) => p.pid === f.pid);
+  if (oi < 0 || oi >= pi) return `it refers to pid ${f.pid}, which is not an earlier process of the image`;
+  const target = m.processes[oi]!.files[f.file];
+  if (target === undefined) return `it refers to files[${f.file}] of pid ${f.pid}, which has ${m.processes[oi]!.files.length} entries`;
+  if (target.kind === 'shared' || target.kind === 'stdio') return `it refers to files[${f.file}] of pid ${f.pid}, a ${target.kind} entry (not a description of that process's own)`;
+  return null;
 }
 
 function hexAddr(n: number): string {

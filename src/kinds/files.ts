@@ -5,6 +5,14 @@
 // they keep sharing offset and status flags), the order of the kinds' hooks,
 // the placement of every description at its fd number, and close-on-exec.
 // An fd no kind matches is refused with the pid, the fd and what it is.
+//
+// Across the processes of a tree (./fds/tree.ts): a description several
+// processes hold is dumped and restored by the first of them in image order
+// (its owner); the others record a `shared` entry and, at restore, take the
+// very same description from the owner's husk (SharedObjects, pidfd_getfd)
+// before their fds are placed. A pipe or a socketpair is made whole by the
+// first process holding any end of it, which hands the ends it does not hold
+// itself over to the processes that do.
 import { readdirSync, readlinkSync, statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { native } from '../sys/native.js';
@@ -13,13 +21,17 @@ import { KCMP_FILE, MAP, O, PROT } from '../sys/constants.js';
 import { crestTrackerFds } from './uffdwp.js';
 import { CrestError } from '../sys/errors.js';
 import type { DataRef, FdImage, Manifest, OpenFileImage, ProcessImage } from '../image/schema.js';
-import type { DataFile } from '../image/writer.js';
+import type { DataFile, ImageWriter } from '../image/writer.js';
 import { FD_KINDS, fdKind } from './fds/registry.js';
 import { FCNTL, NR } from './fds/abi.js';
 import { lookupSockets } from './fds/procnet.js';
 import { restoreLocks } from './fds/locks.js';
 import { call, raw } from './fds/inject.js';
-import { refuseFd, type FdCheckContext, type FdDumpContext, type AnyFdKind, type FdProbe, type FdRestoreContext } from './fds/types.js';
+import { linkTree } from './fds/tree.js';
+import { descKey } from './objects.js';
+import {
+  refuseFd, type FdCheckContext, type FdDumpContext, type AnyFdKind, type FdProbe, type FdRestoreContext, type TreeFds, type TreeFile,
+} from './fds/types.js';
 import type { DumpContext, Kind, RestoreContext } from './types.js';
 
 const O_ASYNC = 0o20000;
@@ -73,7 +85,7 @@ function probeFds(pid: number, initPid: number | null): FdProbe[] {
       const info = readFdinfo(pid, fd);
       // A regular file the job's stdout was redirected to stays a file (reopened by path, offset kept).
       const stream = st.isFile() || st.isDirectory() ? null : outsideStream(pid, initPid, fd, link);
-      p = { fd, link, st, info, stream, rep: fd, sock: null };
+      p = { fd, link, st, info, stream, rep: fd, sock: null, owner: null };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
       throw e;
@@ -114,10 +126,11 @@ function checkAll(cctx: FdCheckContext): Map<number, AnyFdKind> {
 
 /** What the injection window found, kept for the collect stage. */
 interface DumpState {
-  fds: FdProbe[];
+  tree: TreeFds;
+  fds: readonly FdProbe[];
   kinds: Map<number, AnyFdKind>;
   /** Description id by representative fd. */
-  ids: Map<number, number>;
+  ids: ReadonlyMap<number, number>;
   injected: Map<number, unknown>;
   data: { file: DataFile | null; name: string };
 }
@@ -125,11 +138,17 @@ const dumpStates = new WeakMap<DumpContext, DumpState>();
 
 function fdContext(ctx: DumpContext, st: DumpState): FdDumpContext {
   const fctx = Object.create(ctx) as FdDumpContext;
+  const idOf = (fd: number): number | undefined => {
+    const p = st.fds.find((x) => x.fd === fd);
+    return p === undefined ? undefined : st.ids.get(p.rep);
+  };
   Object.assign(fctx, {
     fds: st.fds,
-    idOf: (fd: number) => {
-      const p = st.fds.find((x) => x.fd === fd);
-      return p === undefined ? undefined : st.ids.get(p.rep);
+    tree: st.tree,
+    idOf,
+    sharedWith: (fd: number) => {
+      const id = idOf(fd);
+      return st.tree.procs.filter((q) => q.fds.some((x) => x.owner?.pid === ctx.nsPid && x.owner.id === id)).map((q) => q.nsPid);
     },
     putData: (bytes: Buffer): DataRef => {
       st.data.file ??= ctx.writer.openData(st.data.name);
@@ -141,13 +160,20 @@ function fdContext(ctx: DumpContext, st: DumpState): FdDumpContext {
   return fctx;
 }
 
+/** The tree's fd tables of one dump, looked at when the first process is dumped (every process is frozen by then). */
+const trees = new WeakMap<ImageWriter, TreeFds>();
+
 function prepareDump(ctx: DumpContext): DumpState {
-  const fds = probeFds(ctx.hostPid, ctx.initHostPid);
+  let tree = trees.get(ctx.writer);
+  if (!tree) {
+    tree = linkTree(ctx.members, (pid) => probeFds(pid, ctx.initHostPid));
+    trees.set(ctx.writer, tree);
+  }
+  const me = tree.procs.find((x) => x.hostPid === ctx.hostPid);
+  if (!me) throw new CrestError('INTERNAL', `pid ${ctx.hostPid} is not among the tree's processes`);
   // Frozen now: the table cannot change any more; check again what the running process had.
-  const kinds = checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, fds });
-  const ids = new Map<number, number>();
-  for (const p of fds) if (p.rep === p.fd) ids.set(p.fd, ids.size);
-  const st: DumpState = { fds, kinds, ids, injected: new Map(), data: { file: null, name: `fds-${ctx.nsPid}.img` } };
+  const kinds = checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, fds: me.fds });
+  const st: DumpState = { tree, fds: me.fds, kinds, ids: me.ids, injected: new Map(), data: { file: null, name: `fds-${ctx.nsPid}.img` } };
   dumpStates.set(ctx, st);
   return st;
 }
@@ -232,11 +258,34 @@ function checkDataRef(ref: DataRef, m: Manifest, f: OpenFileImage): void {
   }
 }
 
+/** Every description of an image's tree, and the keys of those that `shared` entries refer to. */
+interface TreeIndex {
+  files: TreeFile[];
+  referenced: Set<string>;
+}
+const treeIndexes = new WeakMap<Manifest, TreeIndex>();
+
+function treeIndex(m: Manifest): TreeIndex {
+  let t = treeIndexes.get(m);
+  if (t) return t;
+  t = { files: [], referenced: new Set() };
+  for (const p of m.processes) {
+    p.files.forEach((file, index) => {
+      if (file.kind === 'shared') t!.referenced.add(descKey(file.pid, file.file));
+      else t!.files.push({ pid: p.pid, index, file });
+    });
+  }
+  treeIndexes.set(m, t);
+  return t;
+}
+
 /**
  * Rebuilds every open file in the husk at a high fd, then dups each into
  * its place. Going through high fds first means no target number is taken
  * before its turn, whatever the order; the husk's own stdio (from `crest
- * restore`) is parked the same way before fds 0-2 are reused. Kinds whose
+ * restore`) is parked the same way before fds 0-2 are reused. A description
+ * an earlier process of the tree made already (it holds it too, or it made
+ * the whole pipe or socketpair) is taken from there instead of made. Kinds whose
  * state refers to other fds (epoll registrations, locks) finish once every
  * fd is in place; the high fds and the mapped data file go last.
  */
@@ -269,9 +318,20 @@ function restoreFds(ctx: RestoreContext): void {
     }
   }
   const mapped = new Map<string, number>();
+  const tree = treeIndex(ctx.manifest);
   const fctx = Object.create(ctx) as FdRestoreContext;
   Object.assign(fctx, {
     files: proc.files,
+    tree: tree.files,
+    handOver: (pid: number, index: number, fd: number): void => {
+      const what = `open file ${index} of pid ${pid}`;
+      const h = keep(fd, what);
+      ctx.objects.put(ctx, descKey(pid, index), call(ctx, 'fcntl', `hold ${what} for it`, NR.fcntl, h, FCNTL.DUPFD_CLOEXEC, base));
+    },
+    takeDescription: (pid: number, index: number): number | undefined => {
+      const fd = ctx.objects.take(ctx, descKey(pid, index));
+      return fd === undefined ? undefined : keep(fd, `open file ${index} of pid ${pid}`);
+    },
     fdsOf: (id: number) => proc.fds.filter((f) => f.file === id),
     keep,
     shared,
@@ -296,8 +356,14 @@ function restoreFds(ctx: RestoreContext): void {
   const opened: number[] = [];
   proc.files.forEach((f, index) => {
     ctx.mem.reset();
-    const h = keep(fdKind(f.kind).restore(f as never, fctx), `${f.kind} ${index}`);
-    if (f.kind !== 'stdio') matchFlags(fctx, h, f.flags, `${f.kind} ${index}`);
+    const what = `${f.kind} ${index}`;
+    if (f.kind === 'stdio' || f.kind === 'shared') {
+      opened[index] = keep(fdKind(f.kind).restore(f as never, fctx), what);
+      return;
+    }
+    // An end of a pipe or socketpair an earlier process made whole is taken from there.
+    const h = fctx.takeDescription(proc.pid, index) ?? keep(fdKind(f.kind).restore(f as never, fctx), what);
+    matchFlags(fctx, h, f.flags, what);
     opened[index] = h;
   });
   const targets = new Set(proc.fds.map((f) => f.fd));
@@ -310,14 +376,28 @@ function restoreFds(ctx: RestoreContext): void {
     ctx.mem.reset();
     fdKind(f.kind).afterPlaced?.(f as never, fctx, fdOf);
   });
+  // Later processes take the descriptions they share with this one from their places here.
+  proc.files.forEach((_f, index) => {
+    const key = descKey(proc.pid, index);
+    if (tree.referenced.has(key) && !ctx.objects.has(key)) ctx.objects.lend(ctx, key, fdOf(index));
+  });
   for (const h of high) raw(ctx, NR.close, h);
   for (const [name, at] of mapped) if (at !== 0) raw(ctx, NR.munmap, at, ctx.manifest.files[name]!.size);
-  // Locks last: closing any fd of a file drops every POSIX lock the process holds on it,
-  // so they are taken only once no fd will be closed or replaced any more.
-  proc.files.forEach((f, index) => {
-    if ((f.kind === 'file' || f.kind === 'deleted') && f.locks) {
+}
+
+/**
+ * Takes the process's file locks again. Last of all, once the whole tree is
+ * built and the husk has closed the shared objects it held for the others
+ * (SharedObjects.release): closing any fd of a file drops every POSIX lock
+ * the process holds on it, so they are taken only once no fd will be closed
+ * or replaced any more.
+ */
+export function restoreFileLocks(ctx: RestoreContext): void {
+  ctx.proc.files.forEach((f, index) => {
+    if ((f.kind === 'file' || f.kind === 'deleted' || f.kind === 'shared') && f.locks) {
       ctx.mem.reset();
-      restoreLocks(f.locks, fdOf(index), f.kind === 'file' ? f.file.path : f.path, fctx);
+      const what = f.kind === 'file' ? f.file.path : f.kind === 'deleted' ? f.path : `open file ${f.file} of pid ${f.pid}`;
+      restoreLocks(f.locks, ctx.proc.fds.find((x) => x.file === index)!.fd, what, ctx);
     }
   });
 }

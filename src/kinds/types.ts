@@ -17,6 +17,8 @@ export interface DumpContext {
   nsPid: number;
   /** The job's init (crest helper), whose fds 0-2 are the job's outside stdio; null outside a job. */
   initHostPid: number | null;
+  /** Every process of the dumped tree (host pids), in image order: parents before children, this one among them. */
+  members: readonly number[];
   status: ProcStatus;
   stat: ProcStat;
   /** The frozen main thread; injection is possible while `scratch` is non-zero. */

@@ -11,14 +11,13 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
-  type Job,
   type TargetName,
   assertOk,
   assertPass,
-  assertRefused,
   assertStillRunning,
+  checkRefused,
+  checksCanFail,
   createGo,
-  describeResult,
   dump,
   expectCheckpointed,
   expectKilled,
@@ -27,12 +26,9 @@ import {
   readManifest,
   registerCleanup,
   restore,
-  resumed,
   roundTrip,
-  runTargetDirect,
   sleep,
   startJob,
-  targetArgv,
   tmpImageDir,
   tmpWorkDir,
   withTimeout,
@@ -53,25 +49,6 @@ const TIMEOUT = 180_000;
 /** The fd targets are not in the harness's list of targets; they run the same way. */
 function target(name: string): TargetName {
   return name as TargetName;
-}
-
-function sabotageKeys(t: TargetName): string[] {
-  const [cmd, ...args] = targetArgv(t, '--sabotage-list');
-  return execFileSync(cmd as string, args, { encoding: 'utf8' })
-    .split('\n')
-    .filter((l) => l.length > 0);
-}
-
-/** The target passes alone, and each of its checks fails when its state is corrupted. */
-async function checksCanFail(t: TargetName, extra: string[] = []): Promise<void> {
-  const ok = await runTargetDirect(t, { extra });
-  assert.ok(ok.code === 0 && ok.stdout.trim() === `PASS ${t}`, describeResult(`${t} without crest`, ok));
-  for (const key of sabotageKeys(t)) {
-    const r = await runTargetDirect(t, { extra, env: { CREST_TEST_SABOTAGE: key } });
-    const what = `${t} with CREST_TEST_SABOTAGE=${key}`;
-    assert.equal(r.code, 1, describeResult(what, r));
-    assert.ok(r.stdout.startsWith(`FAIL ${t}: `) && r.stdout.includes(`${key}: `), describeResult(what, r));
-  }
 }
 
 /** One checkpoint (killing the job) and restore; the restored target must pass. Returns the image's open files. */
@@ -97,21 +74,6 @@ async function checkLeaveRunning(t: TargetName, extra: string[] = []): Promise<v
   assertPass(r, t, `${t} left running after its checkpoint`);
   // The image of the running process restores as well (the job is gone now, its pid free again).
   assertPass(await restore(dir), t, `restore of ${t}'s --leave-running image`);
-}
-
-/** Dumping `job` is refused with `message`; the job stays running, untraced, and finishes with PASS. */
-async function checkRefused(job: Job, message: RegExp): Promise<void> {
-  const dir = tmpImageDir(`${job.target}-refused`);
-  const r = await dump({ job: job.name, dir });
-  assertRefused(r, `dump of ${job.target}`, message);
-  assert.match(r.stderr, new RegExp(`pid ${job.hostPid}\\b`), describeResult('the refusal names the pid', r));
-  assert.ok(!fs.existsSync(path.join(dir, 'manifest.json')), 'a refused dump left a manifest');
-  assertStillRunning(job.run, `${job.target} after the refused dump`);
-  for (const pid of jobTargetPids(job)) await expectRunningUntraced(pid, `${job.target} after the refused dump`);
-  assert.ok(!resumed(job.workDir), 'the job went past its wait');
-  createGo(job.workDir);
-  const fin = await withTimeout(job.run.exited, 60_000, `crest run of ${job.name}`);
-  assertPass(fin, job.target, `${job.target} let go after the refused dump`);
 }
 
 function kindsOf(files: Record<string, unknown>[]): string[] {

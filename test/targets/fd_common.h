@@ -1,11 +1,12 @@
 /*
  * Helpers of the fd_* targets (each sets up one kind of open file at fixed
  * fd numbers and checks it after restore): putting an fd at a number,
- * reading its fdinfo, comparing flags.
+ * reading its fdinfo, comparing flags, listing the open fds.
  */
 #ifndef CREST_FD_COMMON_H
 #define CREST_FD_COMMON_H
 #include "common.h"
+#include <dirent.h>
 #include <poll.h>
 #include <sys/syscall.h>
 
@@ -85,5 +86,26 @@ static UNUSED int poll_now(int fd, short events)
 static UNUSED int same_description(int a, int b)
 {
     return syscall(SYS_kcmp, getpid(), getpid(), 0 /* KCMP_FILE */, a, b) == 0;
+}
+
+/* The open fds as a string "0 1 2 10 11 ...". */
+static UNUSED void fdset(char *out, size_t cap)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) DIE_ERRNO("opendir");
+    int dfd = dirfd(d), fds[256], n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 256) {
+        if (e->d_name[0] == '.') continue;
+        int fd = atoi(e->d_name);
+        if (fd != dfd) fds[n++] = fd;
+    }
+    closedir(d);
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (fds[j] < fds[i]) { int t = fds[i]; fds[i] = fds[j]; fds[j] = t; }
+    size_t used = 0;
+    out[0] = 0;
+    for (int i = 0; i < n; i++) used += (size_t)snprintf(out + used, cap - used, "%d ", fds[i]);
 }
 #endif

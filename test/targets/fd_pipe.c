@@ -17,7 +17,6 @@
  */
 #define TARGET_NAME "fd_pipe"
 #include "fd_common.h"
-#include <dirent.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 
@@ -30,27 +29,6 @@ static unsigned char pat(size_t i)
     uint64_t z = seed ^ (uint64_t)i * 0x9E3779B97F4A7C15ULL;
     z ^= z >> 29;
     return (unsigned char)(z * 0xbf58476d1ce4e5b9ULL >> 56);
-}
-
-/* The open fds as a string "0 1 2 10 11 ...". */
-static void fdset(char *out, size_t cap)
-{
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) DIE_ERRNO("opendir");
-    int dfd = dirfd(d), fds[256], n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < 256) {
-        if (e->d_name[0] == '.') continue;
-        int fd = atoi(e->d_name);
-        if (fd != dfd) fds[n++] = fd;
-    }
-    closedir(d);
-    for (int i = 0; i < n; i++)
-        for (int j = i + 1; j < n; j++)
-            if (fds[j] < fds[i]) { int t = fds[i]; fds[i] = fds[j]; fds[j] = t; }
-    size_t used = 0;
-    out[0] = 0;
-    for (int i = 0; i < n; i++) used += (size_t)snprintf(out + used, cap - used, "%d ", fds[i]);
 }
 
 static void mkpipe(int flags, int r_at, int r_cloexec, int w_at, int w_cloexec)

@@ -17,7 +17,6 @@
  */
 #define TARGET_NAME "fd_unix"
 #include "fd_common.h"
-#include <dirent.h>
 #include <signal.h>
 #include <stddef.h>
 #include <sys/socket.h>
@@ -32,26 +31,6 @@ static unsigned char pat(size_t i)
     uint64_t z = seed ^ (uint64_t)i * 0x9E3779B97F4A7C15ULL;
     z ^= z >> 31;
     return (unsigned char)(z * 0x94d049bb133111ebULL >> 56);
-}
-
-static void fdset(char *out, size_t cap)
-{
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) DIE_ERRNO("opendir");
-    int dfd = dirfd(d), fds[256], n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)) && n < 256) {
-        if (e->d_name[0] == '.') continue;
-        int fd = atoi(e->d_name);
-        if (fd != dfd) fds[n++] = fd;
-    }
-    closedir(d);
-    for (int i = 0; i < n; i++)
-        for (int j = i + 1; j < n; j++)
-            if (fds[j] < fds[i]) { int t = fds[i]; fds[i] = fds[j]; fds[j] = t; }
-    size_t used = 0;
-    out[0] = 0;
-    for (int i = 0; i < n; i++) used += (size_t)snprintf(out + used, cap - used, "%d ", fds[i]);
 }
 
 static void pair(int type, int a, int b)

@@ -55,6 +55,8 @@ export const NR = {
   inotify_init1: 294,
   kcmp: 312,
   memfd_create: 319,
+  pidfd_open: 434,
+  pidfd_getfd: 438,
 } as const;
 
 export const FCNTL = {

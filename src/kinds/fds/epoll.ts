@@ -6,6 +6,12 @@
 // at its old number). One whose file is open nowhere in the process is
 // refused. Registrations are re-added once every fd is in place.
 //
+// An epoll instance several processes of the tree share (inherited over
+// fork) is dumped and restored by the first of them (the others take the
+// same instance): the kernel keys its registrations by file and fd number,
+// not by fd table, so they come back right when that process holds every
+// file watched. One watching a file only another process holds is refused.
+//
 // What does not come back exactly: the ready list. Level-triggered
 // registrations are polled again when added, so they report what is ready;
 // an edge-triggered one whose file is ready reports one more edge.
@@ -57,11 +63,14 @@ export const epoll: FdKind<'epoll'> = {
       if (atFd && same(tg.tfd)) return atFd.rep;
       const other = reps.find((x) => x.fd !== atFd?.rep && same(x.fd));
       if (other) return other.fd;
+      const others = ctx.sharedWith(p.fd);
       throw refuseFd(
         ctx.hostPid,
         p.fd,
         'epoll',
-        `it watches a file registered as fd ${tg.tfd} (inode ${tg.ino}) that is no longer open at any fd of the process (kept alive elsewhere), so the registration cannot be recreated`,
+        others.length > 0
+          ? `it is shared with process${others.length > 1 ? 'es' : ''} ${others.join(', ')} of the tree and watches a file registered as fd ${tg.tfd} (inode ${tg.ino}) that this process, which restores the instance, does not hold: an epoll instance shared between processes comes back only when its first holder holds every file it watches`
+          : `it watches a file registered as fd ${tg.tfd} (inode ${tg.ino}) that is no longer open at any fd of the process (kept alive elsewhere), so the registration cannot be recreated`,
       );
     });
   },

@@ -3,12 +3,13 @@
 // locks of the process taken through this description, and flock/OFD locks
 // of the description itself. Re-acquired at restore with the same type and
 // range, without waiting: a lock someone else took meanwhile fails the restore.
-// The driver takes them last of all (closing any fd of a file would drop the
-// process's POSIX locks on it).
+// They are taken last of all, once the whole tree is built and the restore
+// closes no more fds in the process (closing any fd of a file would drop the
+// process's POSIX locks on it): files.ts restoreFileLocks.
 import type { FdInfo } from '../../proc/index.js';
-import type { ImageOf, FdRestoreContext } from './types.js';
+import type { ImageOf } from './types.js';
 import { F_RDLCK, F_WRLCK, FCNTL, LOCK_EX, LOCK_NB, LOCK_SH, NR } from './abi.js';
-import { call } from './inject.js';
+import { call, type Injector } from './inject.js';
 import { CrestError } from '../../sys/errors.js';
 
 export type FileLock = NonNullable<ImageOf<'file'>['locks']>[number];
@@ -42,7 +43,7 @@ export function locksOf(info: FdInfo, refuse: (why: string) => Error): FileLock[
 }
 
 /** Takes every lock again on husk fd `fd` (non-blocking). */
-export function restoreLocks(locks: readonly FileLock[], fd: number, what: string, ctx: FdRestoreContext): void {
+export function restoreLocks(locks: readonly FileLock[], fd: number, what: string, ctx: Injector): void {
   for (const l of locks) {
     ctx.mem.reset();
     const range = `${l.start}-${l.end ?? 'EOF'}`;

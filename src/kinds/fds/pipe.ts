@@ -1,21 +1,29 @@
-// Pipes and FIFOs within the process. Each end (open file description) is an
-// image entry; one entry per pipe carries the pipe's capacity and buffered
-// bytes. What the kernel says, not assumptions:
-//  - every end is held by the process, or the missing end is closed: an
+// Pipes and FIFOs within the process tree (a shell pipeline: each end in
+// another process). Each end (open file description) is an image entry, in
+// the process that holds it (the first one, when several share it: the
+// others have `shared` entries); one entry per pipe, tree-wide, carries the
+// pipe's capacity and buffered bytes. What the kernel says, not assumptions:
+//  - every end is held by the tree, or the missing end is closed: an
 //    injected poll(2) shows POLLERR on a write end without readers and
-//    POLLHUP on a read end without writers; an end held outside the process
-//    (another process, outside the job) is refused;
-//  - the buffered bytes are read without disturbing the process: tee(2),
-//    injected into the task, duplicates the pipe's buffers into a pipe of
-//    crest's (sized like the original) without consuming them, and the copy
-//    is read through the scratch area; the process keeps exactly its data
-//    (with --leave-running too), and the fds crest used are closed again;
+//    POLLHUP on a read end without writers; an end held outside the tree
+//    (outside the job) is refused, and so is a pipe that a process outside
+//    the tree opened through /proc/PID/fd (found in the fd tables crest may
+//    read: the kernel's poll cannot tell it from the tree's own ends);
+//  - the buffered bytes are read without disturbing the tree: tee(2),
+//    injected into the first process holding a read end, duplicates the
+//    pipe's buffers into a pipe of crest's (sized like the original) without
+//    consuming them, and the copy is read through the scratch area; the
+//    processes keep exactly their data (with --leave-running too), and the
+//    fds crest used are closed again;
 //  - capacity from F_GETPIPE_SZ, the byte count from FIONREAD.
-// Restore: pipe2 in the husk, F_SETPIPE_SZ, the bytes written into the write
-// end (from the image's data file mapped into the husk), extra descriptions
-// of one pipe reopened through /proc/self/fd, ends the process did not hold
-// closed again. FIFOs are reopened by path (O_RDWR first, so that no open
-// blocks), and their bytes go back only if the FIFO is not in use.
+// Restore: the first process holding any end makes the pipe with pipe2,
+// F_SETPIPE_SZ, writes the bytes into the write end (from the image's data
+// file mapped into the husk), reopens extra descriptions through
+// /proc/self/fd, and hands the ends it does not hold over to the processes
+// that do (they take them before their fds are placed); ends nobody held
+// are closed again. FIFOs are reopened by path in each process (O_RDWR
+// first, so that no open blocks), and their bytes go back only if the FIFO
+// is not in use.
 // Packet-mode pipes (O_DIRECT) holding data are refused: tee loses the
 // packet boundaries.
 import { statSync } from 'node:fs';
@@ -24,16 +32,33 @@ import { CrestError } from '../../sys/errors.js';
 import { FCNTL, IOCTL, NR, PIPE_DEF_SIZE, POLLERR, POLLHUP, POLLIN, POLLOUT, SPLICE_F_NONBLOCK } from './abi.js';
 import { call, chunkSize, ioctlInt, raw, type Injector } from './inject.js';
 import { fileIdentity } from '../fileid.js';
-import { refuseFd, type FdDumpContext, type FdKind, type FdProbe, type FdRestoreContext, type ImageOf } from './types.js';
+import { refuseFd, type FdDumpContext, type FdKind, type FdProbe, type FdRestoreContext, type ImageOf, type TreeProcess } from './types.js';
 
 const O_DIRECT = 0o40000;
 
 const canRead = (flags: number): boolean => (flags & O.ACCMODE) !== O.WRONLY;
 const canWrite = (flags: number): boolean => (flags & O.ACCMODE) !== O.RDONLY;
 
-/** The descriptions of the pipe `p` belongs to (one probe per description, in fd order). */
-function group(p: FdProbe, fds: readonly FdProbe[]): FdProbe[] {
-  return fds.filter((x) => x.rep === x.fd && x.st.isFIFO() && x.st.dev === p.st.dev && x.st.ino === p.st.ino);
+/** One description of a pipe or FIFO, in the process of the tree that dumps it. */
+interface End {
+  proc: TreeProcess;
+  p: FdProbe;
+}
+
+/** The descriptions of the pipe `p` belongs to, across the tree (each once, at its owner), in image and fd order. */
+function ends(p: FdProbe, ctx: FdDumpContext): End[] {
+  const mine = (x: FdProbe): boolean => x.rep === x.fd && x.owner === null && x.stream === null && x.st.isFIFO() && x.st.dev === p.st.dev && x.st.ino === p.st.ino;
+  return ctx.tree.procs.flatMap((proc) => proc.fds.filter(mine).map((x) => ({ proc, p: x })));
+}
+
+/**
+ * Whether `p` is the description that looks at its pipe (in its process's
+ * injection window) and carries the pipe's buffer in the image: the first
+ * read end in the tree, else the first end.
+ */
+function inspects(p: FdProbe, all: readonly End[], ctx: FdDumpContext): boolean {
+  const first = all.find((e) => canRead(e.p.info.flags)) ?? all[0]!;
+  return first.proc.hostPid === ctx.hostPid && first.p.fd === p.fd;
 }
 
 /** What the injection window learnt about one pipe (on its first description). */
@@ -53,43 +78,41 @@ function pollNow(ij: Injector, fd: number, events: number): number {
 }
 
 /**
- * Runs in the task: checks the ends nobody in the process holds are closed,
- * then copies the buffered bytes out with tee, leaving the pipe as it was.
+ * Runs in the task holding `p`, the pipe's first read end in the tree (or
+ * its first end when the tree holds no read end): checks the ends nobody in
+ * the tree holds are closed, then copies the buffered bytes out with tee,
+ * leaving the pipe as it was.
  */
-function inspectPipe(p: FdProbe, ctx: FdDumpContext, what: string, kind: 'pipe' | 'fifo'): PipeState {
+function inspectPipe(p: FdProbe, ctx: FdDumpContext, all: readonly End[], what: string, kind: 'pipe' | 'fifo'): PipeState {
   const pid = ctx.hostPid;
-  const ends = group(p, ctx.fds);
-  const reader = ends.find((x) => canRead(x.info.flags));
-  const writer = ends.find((x) => canWrite(x.info.flags));
-  if (!writer) {
-    const ev = pollNow(ctx, reader!.fd, POLLIN);
-    if ((ev & POLLHUP) === 0) {
-      throw refuseFd(
-        pid,
-        p.fd,
-        kind,
-        kind === 'pipe'
-          ? `${what}: its write end is open outside the process (outside the job, or in another process): the pipe cannot be recreated`
-          : `${what} is open only for reading here, and a writer outside the process may have it open (the kernel cannot tell crest otherwise): it cannot be recreated`,
-      );
-    }
+  const reader = all.some((e) => canRead(e.p.info.flags));
+  const writer = all.some((e) => canWrite(e.p.info.flags));
+  if (!writer && (pollNow(ctx, p.fd, POLLIN) & POLLHUP) === 0) {
+    throw refuseFd(
+      pid,
+      p.fd,
+      kind,
+      kind === 'pipe'
+        ? `${what}: its write end is open outside the process tree (outside the job): the pipe cannot be recreated`
+        : `${what} is open only for reading in the process tree, and a writer outside it may have it open (the kernel cannot tell crest otherwise): it cannot be recreated`,
+    );
   }
-  if (!reader) {
-    const ev = pollNow(ctx, writer!.fd, POLLOUT);
-    if ((ev & POLLERR) === 0) {
-      throw refuseFd(pid, p.fd, kind, `${what}: its read end is open outside the process (outside the job, or in another process): it cannot be recreated`);
-    }
+  if (!reader && (pollNow(ctx, p.fd, POLLOUT) & POLLERR) === 0) {
+    throw refuseFd(pid, p.fd, kind, `${what}: its read end is open outside the process tree (outside the job): it cannot be recreated`);
   }
-  const any = (reader ?? writer)!.fd;
+  const outside = kind === 'pipe' ? ctx.tree.pipesOutside.get(p.st.ino) : undefined;
+  if (outside !== undefined) {
+    throw refuseFd(pid, p.fd, kind, `${what} is open in process ${outside} too, outside the process tree (opened through /proc/PID/fd?): the pipe cannot be recreated for it`);
+  }
   ctx.mem.reset();
-  const size = call(ctx, 'fcntl', `read the capacity of ${what}`, NR.fcntl, any, FCNTL.GETPIPE_SZ, 0);
-  const n = ioctlInt(ctx, any, IOCTL.FIONREAD, `count the bytes in ${what}`);
+  const size = call(ctx, 'fcntl', `read the capacity of ${what}`, NR.fcntl, p.fd, FCNTL.GETPIPE_SZ, 0);
+  const n = ioctlInt(ctx, p.fd, IOCTL.FIONREAD, `count the bytes in ${what}`);
   if (n === 0) return { size, data: null };
-  if (!reader) throw refuseFd(pid, p.fd, kind, `${what} holds ${n} bytes but the process has no read end of it`);
-  if (ends.some((x) => (x.info.flags & O_DIRECT) !== 0)) {
+  if (!reader) throw refuseFd(pid, p.fd, kind, `${what} holds ${n} bytes but no process of the tree has a read end of it`);
+  if (all.some((e) => (e.p.info.flags & O_DIRECT) !== 0)) {
     throw refuseFd(pid, p.fd, kind, `${what} is in packet mode (O_DIRECT) and holds ${n} bytes: their packet boundaries cannot be read without consuming them`);
   }
-  return { size, data: teeOut(ctx, reader.fd, n, size, pid, p.fd, what, kind) };
+  return { size, data: teeOut(ctx, p.fd, n, size, pid, p.fd, what, kind) };
 }
 
 /** Copies the `n` buffered bytes of read end `rfd` without consuming them: tee into a pipe of our own, read that. */
@@ -170,18 +193,18 @@ export const pipe: FdKind<'pipe'> = {
   name: 'pipe',
   match: (p) => p.st.isFIFO() && p.link.startsWith('pipe:['),
   inject(p, ctx) {
-    // Once per pipe, on its first description.
-    if (group(p, ctx.fds)[0]!.fd !== p.fd) return undefined;
-    return inspectPipe(p, ctx, p.link, 'pipe');
+    // Once per pipe in the whole tree.
+    const all = ends(p, ctx);
+    return inspects(p, all, ctx) ? inspectPipe(p, ctx, all, p.link, 'pipe') : undefined;
   },
   dump(p, ctx, id, injected) {
     const buffer = bufferOf(injected as PipeState | undefined, ctx);
     return { kind: 'pipe', id, flags: p.info.flags & ~O.CLOEXEC, pipe: p.st.ino, ...(buffer ? { buffer } : {}) };
   },
   preflight(f, ctx) {
-    const ends = ctx.proc.files.filter((x) => x.kind === 'pipe' && x.pipe === f.pipe);
-    if (ends.filter((x) => (x as ImageOf<'pipe'>).buffer).length !== 1) {
-      throw new CrestError('IMAGE_INVALID', `pipe [${f.pipe}] must have its buffer recorded on exactly one end`);
+    const all = ctx.manifest.processes.flatMap((p) => p.files).filter((x) => x.kind === 'pipe' && x.pipe === f.pipe);
+    if (all.filter((x) => (x as ImageOf<'pipe'>).buffer).length !== 1) {
+      throw new CrestError('IMAGE_INVALID', `pipe [${f.pipe}] must have its buffer recorded on exactly one end in the whole image`);
     }
   },
   restore(f, ctx) {
@@ -189,14 +212,22 @@ export const pipe: FdKind<'pipe'> = {
     const what = `pipe [${f.pipe}]`;
     let b = ctx.shared.get(key) as Built | undefined;
     if (!b) {
-      const ends = ctx.files.filter((x): x is ImageOf<'pipe'> => x.kind === 'pipe' && x.pipe === f.pipe);
-      const direct = ends.some((x) => (x.flags & O_DIRECT) !== 0) ? O_DIRECT : 0;
+      // The first process of the tree holding an end makes the pipe, every end of it, and its contents.
+      const all = ctx.tree.filter((x) => x.file.kind === 'pipe' && x.file.pipe === f.pipe);
+      const image = (x: (typeof all)[number]): ImageOf<'pipe'> => x.file as ImageOf<'pipe'>;
+      const direct = all.some((x) => (image(x).flags & O_DIRECT) !== 0) ? O_DIRECT : 0;
       const pair = ctx.mem.alloc(8);
       call(ctx, 'pipe2', `create ${what}`, NR.pipe2, pair, O.CLOEXEC | O.NONBLOCK | direct);
       const fds = ctx.thread.readMem(pair, 8);
       b = { r: ctx.keep(fds.readInt32LE(0), `${what} read end`), w: ctx.keep(fds.readInt32LE(4), `${what} write end`), usedR: false, usedW: false };
       ctx.shared.set(key, b);
-      refill(ctx, b.w, ends.find((x) => x.buffer)!.buffer!, what);
+      refill(ctx, b.w, all.map(image).find((x) => x.buffer)!.buffer!, what);
+      for (const x of all) {
+        if (x.pid === ctx.proc.pid) continue;
+        ctx.mem.reset();
+        ctx.handOver(x.pid, x.index, takeEnd(ctx, b, image(x).flags, what));
+      }
+      ctx.mem.reset();
     }
     return takeEnd(ctx, b, f.flags, what);
   },
@@ -210,8 +241,8 @@ export const fifo: FdKind<'fifo'> = {
     if (p.link.endsWith(' (deleted)')) throw refuseFd(ctx.hostPid, p.fd, 'fifo', `FIFO ${p.link} was deleted: it cannot be reopened`);
   },
   inject(p, ctx) {
-    if (group(p, ctx.fds)[0]!.fd !== p.fd) return undefined;
-    return inspectPipe(p, ctx, `FIFO ${p.link}`, 'fifo');
+    const all = ends(p, ctx);
+    return inspects(p, all, ctx) ? inspectPipe(p, ctx, all, `FIFO ${p.link}`, 'fifo') : undefined;
   },
   dump(p, ctx, id, injected) {
     const buffer = bufferOf(injected as PipeState | undefined, ctx);

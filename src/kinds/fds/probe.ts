@@ -6,7 +6,8 @@
 import { spawn } from 'node:child_process';
 import { existsSync, lstatSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { MAP, PROT, SYS } from '../../sys/constants.js';
+import { KCMP_FILE, MAP, PROT, SYS } from '../../sys/constants.js';
+import { native } from '../../sys/native.js';
 import { readFdinfo, readMaps, readStat } from '../../proc/index.js';
 import { Thread, findSyscallInsn, sleepMs } from '../../tracer/tracer.js';
 import { ScratchAllocator } from '../types.js';
@@ -138,6 +139,20 @@ const PROBES: [string, (ij: ProbeCtx) => string][] = [
     },
   ],
   ['fifo', () => 'as pipes, reopened by path'],
+  [
+    'shared',
+    (ij) => {
+      // What a restore does when processes of a tree share a description: one husk takes it from another
+      // with pidfd_getfd (tried here on the child itself), and the dump compares descriptions across processes.
+      const [r] = pair(ij, NR.pipe2, 'pipe2', 0);
+      const pidfd = call(ij, 'pidfd_open', 'probe', NR.pidfd_open, ij.pid, 0);
+      const got = call(ij, 'pidfd_getfd', 'probe', NR.pidfd_getfd, pidfd, r, 0);
+      const n = native();
+      if (n.kcmp(ij.pid, ij.pid, KCMP_FILE, r, got) !== 0) throw new Error('pidfd_getfd gave another description');
+      n.kcmp(process.pid, ij.pid, KCMP_FILE, 0, r);
+      return 'descriptions shared between processes of a tree (fork, a shell pipeline): found with kcmp across processes, taken again with pidfd_getfd';
+    },
+  ],
   [
     'unix',
     (ij) => {

@@ -1,10 +1,12 @@
 // The contract between the file-descriptor driver (../files.ts) and the fd
 // kinds (one module per kind of open file: regular files, pipes, eventfd,
 // sockets ...). The driver owns what every fd shares: listing the fd table,
-// grouping fds that share one open file description (kcmp), the order of
-// the hooks, the high-fd placement dance at restore and close-on-exec. A kind
-// owns one kind of open file description: how to recognise it, refuse it,
-// capture it and rebuild it in the husk.
+// grouping fds that share one open file description (kcmp, within a process
+// and across the processes of the tree), the order of the hooks, the high-fd
+// placement dance at restore and close-on-exec. A kind owns one kind of open
+// file description: how to recognise it, refuse it, capture it and rebuild
+// it in the husk (and, for a pipe or a socketpair, the ends other processes
+// of the tree hold).
 import type { Stats } from 'node:fs';
 import type { FdInfo } from '../../proc/index.js';
 import type { SockInfo } from './procnet.js';
@@ -25,6 +27,30 @@ export interface FdProbe {
   rep: number;
   /** For a socket: the /proc/PID/net table listing it and its line there; null for anything else. */
   sock: SockInfo | null;
+  /**
+   * An earlier process of the tree (image order) that holds this fd's
+   * description too: its pid in the job and the description's id there.
+   * Null when this process is the first (it dumps and restores the description).
+   */
+  owner: { pid: number; id: number } | null;
+}
+
+/** One frozen process of the dumped tree and its fd table. */
+export interface TreeProcess {
+  hostPid: number;
+  /** Its pid in the job (the image's). */
+  nsPid: number;
+  fds: readonly FdProbe[];
+  /** Description id by representative fd. */
+  ids: ReadonlyMap<number, number>;
+}
+
+/** The fd tables of the whole dumped tree, looked at once while every process is frozen. */
+export interface TreeFds {
+  /** Every process, in image order. */
+  procs: readonly TreeProcess[];
+  /** Pipe inode -> a process outside the tree (host pid) that has the pipe open. */
+  pipesOutside: ReadonlyMap<number, number>;
 }
 
 /** What a kind sees while the process still runs (refusals from /proc only). */
@@ -38,6 +64,10 @@ export interface FdCheckContext {
 
 /** What a kind sees while dumping (the process frozen). */
 export interface FdDumpContext extends DumpContext, FdCheckContext {
+  /** Every process of the tree with its fds (a pipe's other end, a socket's peer may be in another). */
+  tree: TreeFds;
+  /** The later processes of the tree (pids in the job) that hold fd `fd`'s description too. */
+  sharedWith(fd: number): number[];
   /** The image id of the open file description fd `fd` refers to (undefined: no such fd). */
   idOf(fd: number): number | undefined;
   /** Stores bulk bytes (buffers, file contents) in the process's fd data file; returns where they are. */
@@ -50,10 +80,31 @@ export interface FdPreflightContext {
   proc: ProcessImage;
 }
 
+/** One open file description of the image, where it is: process `pid`'s `files[index]`. */
+export interface TreeFile {
+  pid: number;
+  index: number;
+  file: OpenFileImage;
+}
+
 /** What a kind sees while rebuilding its open file in the husk. */
 export interface FdRestoreContext extends RestoreContext {
-  /** Every open file description of the process (a pipe end finds its peer here). */
+  /** Every open file description of the process. */
   files: readonly OpenFileImage[];
+  /** Every open file description of the image's tree, in image order (`shared` entries left out): a pipe end finds the others here. */
+  tree: readonly TreeFile[];
+  /**
+   * Hands husk fd `fd`, made here, over as description `index` of later
+   * process `pid`, which takes it when its turn comes instead of making it
+   * (the end of a pipe or socketpair this process does not hold itself).
+   */
+  handOver(pid: number, index: number, fd: number): void;
+  /**
+   * Description `index` of process `pid`, when a husk made it already (its
+   * owner, or whoever handed it over): a new fd of it in this husk, kept
+   * high like the others; undefined when no husk made it.
+   */
+  takeDescription(pid: number, index: number): number | undefined;
   /** The fds that refer to description `id`. */
   fdsOf(id: number): readonly FdImage[];
   /**

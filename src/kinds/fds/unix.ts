@@ -1,6 +1,7 @@
-// Unix sockets within the process: both ends of a connected pair
+// Unix sockets within the process tree: both ends of a connected pair
 // (socketpair: stream, dgram, seqpacket) with the data queued in each
-// direction, and listening sockets (bound to a path or an abstract name).
+// direction, the two ends in one process or in two, and listening sockets
+// (bound to a path or an abstract name).
 // The kernel's own account, not assumptions: /proc/net/unix (type, state,
 // listening flag), fdinfo (file descriptors in flight), and unix_diag asked
 // from inside the task (peer, waiting connections, backlog, the bound file).
@@ -8,12 +9,14 @@
 // Queued data is read without consuming it: SO_PEEK_OFF set to 0 in the task,
 // MSG_PEEK walks the queue (MSG_TRUNC gives each datagram's length, so message
 // boundaries are kept), then SO_PEEK_OFF goes back to what the process had.
-// Restore: socketpair, the queues refilled by sending from the peer, buffer
+// Restore: socketpair (in the first process of the tree holding either end,
+// which hands the other end over to its process when that is another), the
+// queues refilled by sending from the peer, buffer
 // sizes and the peek offset set; listeners are bound again (a stale socket
 // file the process left is removed only when it is the very socket file the
 // process had bound and no socket uses the name) and listen with the backlog.
 //
-// Refused, with the reason: sockets connected to a socket outside the process;
+// Refused, with the reason: sockets connected to a socket outside the process tree;
 // pairs made by connect/accept (their ends have names); sockets that are
 // neither connected nor listening; shut-down sockets; file descriptors or
 // credentials in flight (SO_PASSCRED, SCM_RIGHTS); listeners with connections
@@ -139,8 +142,9 @@ export const unix: FdKind<'unix'> = {
       return { ...base, node: { dev: st.dev, ino: st.ino, mode: st.mode & 0o7777 } };
     }
     if (d.state !== 1 || d.peer === undefined) throw refuse('it is neither connected nor listening');
-    const peer = ctx.fds.find((x) => x.st.isSocket() && x.st.ino === d.peer);
-    if (!peer) throw refuse(`it is connected to unix socket [${d.peer}], which is outside the process (another process, or outside the job)`);
+    if (!ctx.tree.procs.some((q) => q.fds.some((x) => x.st.isSocket() && x.st.ino === d.peer))) {
+      throw refuse(`it is connected to unix socket [${d.peer}], which no process of the tree holds (it is outside the job)`);
+    }
     const pd = unixDiag(ctx, [d.peer]).get(d.peer)!;
     if (pd.peer !== p.st.ino) throw refuse(`its peer [${d.peer}] is connected elsewhere ([${pd.peer}])`);
     if (d.name || pd.name) {
@@ -181,7 +185,7 @@ export const unix: FdKind<'unix'> = {
   },
   preflight(f, ctx) {
     if (f.state === 'pair') {
-      const peer = ctx.proc.files.find((x) => x.kind === 'unix' && x.ino === f.peer);
+      const peer = ctx.manifest.processes.flatMap((p) => p.files).find((x) => x.kind === 'unix' && x.ino === f.peer);
       if (!peer || (peer as UnixImage).peer !== f.ino) throw new CrestError('IMAGE_INVALID', `unix socket [${f.ino}] has no peer [${f.peer}] in the image`);
     }
     if (f.queue?.messages && f.queue.messages.reduce((a, b) => a + b, 0) !== f.queue.data.length) {
@@ -237,7 +241,9 @@ function restorePair(f: UnixImage, ctx: FdRestoreContext): number {
   const key = `unix:${Math.min(f.ino, f.peer!)}`;
   let ends = ctx.shared.get(key) as Map<number, number> | undefined;
   if (!ends) {
-    const peer = ctx.files.find((x): x is UnixImage => x.kind === 'unix' && x.ino === f.peer)!;
+    // Made whole here, the first process of the tree holding either end.
+    const where = ctx.tree.find((x) => x.file.kind === 'unix' && x.file.ino === f.peer)!;
+    const peer = where.file as UnixImage;
     const pair = ctx.mem.alloc(8);
     call(ctx, 'socketpair', `create a unix ${f.type} socketpair`, NR.socketpair, AF_UNIX, TYPE_NR[f.type] | SOCK_CLOEXEC, 0, pair);
     const b = ctx.thread.readMem(pair, 8);
@@ -264,6 +270,7 @@ function restorePair(f: UnixImage, ctx: FdRestoreContext): number {
       ctx.mem.reset();
       if (img.peekOff !== -1) setsockoptSol(ctx, fd, SO.PEEK_OFF, img.peekOff, `the peek offset of unix socket [${img.ino}]`);
     }
+    if (where.pid !== ctx.proc.pid) ctx.handOver(where.pid, where.index, theirs);
   }
   return ends.get(f.ino)!;
 }
