@@ -144,7 +144,7 @@ function fdContext(ctx: DumpContext, st: DumpState): FdDumpContext {
   };
   Object.assign(fctx, {
     fds: st.fds,
-    tree: st.tree,
+    fdTree: st.tree,
     idOf,
     sharedWith: (fd: number) => {
       const id = idOf(fd);

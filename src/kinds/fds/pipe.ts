@@ -48,7 +48,7 @@ interface End {
 /** The descriptions of the pipe `p` belongs to, across the tree (each once, at its owner), in image and fd order. */
 function ends(p: FdProbe, ctx: FdDumpContext): End[] {
   const mine = (x: FdProbe): boolean => x.rep === x.fd && x.owner === null && x.stream === null && x.st.isFIFO() && x.st.dev === p.st.dev && x.st.ino === p.st.ino;
-  return ctx.tree.procs.flatMap((proc) => proc.fds.filter(mine).map((x) => ({ proc, p: x })));
+  return ctx.fdTree.procs.flatMap((proc) => proc.fds.filter(mine).map((x) => ({ proc, p: x })));
 }
 
 /**
@@ -100,7 +100,7 @@ function inspectPipe(p: FdProbe, ctx: FdDumpContext, all: readonly End[], what: 
   if (!reader && (pollNow(ctx, p.fd, POLLOUT) & POLLERR) === 0) {
     throw refuseFd(pid, p.fd, kind, `${what}: its read end is open outside the process tree (outside the job): it cannot be recreated`);
   }
-  const outside = kind === 'pipe' ? ctx.tree.pipesOutside.get(p.st.ino) : undefined;
+  const outside = kind === 'pipe' ? ctx.fdTree.pipesOutside.get(p.st.ino) : undefined;
   if (outside !== undefined) {
     throw refuseFd(pid, p.fd, kind, `${what} is open in process ${outside} too, outside the process tree (opened through /proc/PID/fd?): the pipe cannot be recreated for it`);
   }

@@ -65,7 +65,7 @@ export interface FdCheckContext {
 /** What a kind sees while dumping (the process frozen). */
 export interface FdDumpContext extends DumpContext, FdCheckContext {
   /** Every process of the tree with its fds (a pipe's other end, a socket's peer may be in another). */
-  tree: TreeFds;
+  fdTree: TreeFds;
   /** The later processes of the tree (pids in the job) that hold fd `fd`'s description too. */
   sharedWith(fd: number): number[];
   /** The image id of the open file description fd `fd` refers to (undefined: no such fd). */

@@ -142,7 +142,7 @@ export const unix: FdKind<'unix'> = {
       return { ...base, node: { dev: st.dev, ino: st.ino, mode: st.mode & 0o7777 } };
     }
     if (d.state !== 1 || d.peer === undefined) throw refuse('it is neither connected nor listening');
-    if (!ctx.tree.procs.some((q) => q.fds.some((x) => x.st.isSocket() && x.st.ino === d.peer))) {
+    if (!ctx.fdTree.procs.some((q) => q.fds.some((x) => x.st.isSocket() && x.st.ino === d.peer))) {
       throw refuse(`it is connected to unix socket [${d.peer}], which no process of the tree holds (it is outside the job)`);
     }
     const pd = unixDiag(ctx, [d.peer]).get(d.peer)!;
