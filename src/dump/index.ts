@@ -14,7 +14,8 @@ import { Thread, findSyscallInsn } from '../tracer/tracer.js';
 import { ImageWriter } from '../image/writer.js';
 import { FORMAT_VERSION, IMAGE_MAGIC, type ProcessImage, type ThreadImage } from '../image/schema.js';
 import { KINDS } from '../kinds/registry.js';
-import { ScratchAllocator, unsupported, type DumpContext } from '../kinds/types.js';
+import { ScratchAllocator, unsupported, type DumpContext, type TcpPolicy } from '../kinds/types.js';
+import { lockNetwork, ownNetns, type NetLock } from '../kinds/fds/netlock.js';
 import { jobOfPid, listJobs, loadJob, saveJob, type JobRecord } from '../jobs/registry.js';
 import { pidHelperCapability, setcapCommand } from '../pids/index.js';
 import { vdsoSizes } from '../kinds/memory.js';
@@ -33,6 +34,8 @@ export interface DumpOptions {
   leaveRunning?: boolean;
   /** Overwrite an existing image in dir. */
   force?: boolean;
+  /** TCP connections crest cannot recreate are taken as closed: reset by their peer after restore. */
+  tcpClose?: boolean;
   /**
    * Wait for the stopped process to be gone before returning (default). The
    * CLI, which exits right after, skips the wait: its exit releases the process.
@@ -138,7 +141,7 @@ function hostTarget(pid: number, status: ProcStatus, record: JobRecord | null): 
 }
 
 /** Refusals that need only /proc (the process keeps running untouched). */
-function refuseUnsupported(pid: number, initPid: number | null, members: number[]): void {
+function refuseUnsupported(pid: number, initPid: number | null, members: number[], tcp: TcpPolicy): void {
   const status = readStatus(pid);
   const stat = readStat(pid);
   const kids = readChildren(pid).filter((k) => !members.includes(k));
@@ -169,7 +172,7 @@ function refuseUnsupported(pid: number, initPid: number | null, members: number[
   }
   if (status.state === 'Z' || status.state === 'X') throw unsupported(pid, 'zombie', 'it has exited and its parent has not reaped it yet; zombies are not supported yet');
   const nsPid = status.nspid[status.nspid.length - 1]!;
-  for (const k of KINDS) k.check?.({ hostPid: pid, nsPid, status, stat, initHostPid: initPid });
+  for (const k of KINDS) k.check?.({ hostPid: pid, nsPid, status, stat, initHostPid: initPid, tcp });
 }
 
 /** Checkpoints one process of a crest job into opts.dir. */
@@ -181,13 +184,16 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
 async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpResult> {
   const target = runner.run('resolve', () => resolveTarget(opts));
   const pid = target.pid;
+  // A job with its own network namespace (crest run --net) has its TCP connections repaired.
+  const tcp: TcpPolicy = { ownNetns: ownNetns(target.initPid), close: !!opts.tcpClose };
   runner.run('check', () => {
-    for (const m of target.members) refuseUnsupported(m, target.initPid, target.members);
+    for (const m of target.members) refuseUnsupported(m, target.initPid, target.members, tcp);
   });
   const writer = runner.run('open-image', () => ImageWriter.create(opts.dir, { force: !!opts.force }));
   const pidMode = target.initPid === null ? 'host' : 'userns';
   // Every process of the tree, frozen before any is inspected, so the image is one moment.
   const frozen = new Map<number, Thread[]>();
+  let netLock: NetLock | null = null;
   let committed = false;
   const warnings: string[] = [];
   if (pidMode === 'host') {
@@ -206,9 +212,11 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
       const extra = again.filter((m) => !frozen.has(m));
       if (extra.length > 0) throw unsupported(extra[0]!, 'process tree', 'a process was created while the tree was being frozen; try again');
     });
+    // Frozen processes, but a live network: stop it so that every connection is read at one moment.
+    if (tcp.ownNetns) netLock = runner.run('net-lock', () => lockNetwork(target.members));
     const procs: ProcessImage[] = [];
     for (const m of target.members) {
-      const ctx = newContext(m, frozen.get(m)!, target, writer, warnings);
+      const ctx = newContext(m, frozen.get(m)!, target, writer, warnings, tcp);
       ctx.pageTracking = tracking;
       runner.run(`inject:${ctx.nsPid}`, () => injectionWindow(ctx));
       await runner.runAsync(`collect:${ctx.nsPid}`, async () => {
@@ -233,7 +241,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           hostname: hostname(),
           vdso: [...vdsoSizes(pid)].map(([kind, size]) => ({ kind: kind as 'vdso' | 'vvar' | 'vvar_vclock', size })),
         },
-        job: { name: target.record?.name ?? null, pidMode, uid: process.getuid!(), gid: process.getgid!() },
+        job: { name: target.record?.name ?? null, pidMode, uid: process.getuid!(), gid: process.getgid!(), ...(tcp.ownNetns ? { net: true } : {}) },
         ...(parentRef(tracking ?? null) ? { parent: parentRef(tracking ?? null) } : {}),
         processes: procs,
       }),
@@ -247,6 +255,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
         if (target.record) {
           saveJob({ ...target.record, checkpointed: { dir: opts.dir, at: new Date().toISOString() } });
         }
+        netLock?.drop();
         // The whole job goes: its processes, then its init (which takes the namespace with it).
         // Other threads first: a traced group leader's exit is reported only after every other thread's.
         for (const threads of frozen.values()) for (const th of [...threads].reverse()) th.kill({ reap: opts.reap !== false });
@@ -256,6 +265,8 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           /* the init already went with its last process */
         }
       } else {
+        const why = netLock?.release();
+        if (why) warnings.push(why);
         for (const threads of frozen.values()) {
           for (const th of threads) {
             th.restoreOriginal();
@@ -281,6 +292,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
   } catch (e) {
     // Never leave a half image that looks complete, and never leave a process stopped or changed.
     if (!committed) writer.abort();
+    netLock?.release();
     for (const threads of frozen.values()) for (const th of threads) th.release();
     const gone = target.members.find((m) => !processExists(m));
     if (gone !== undefined) {
@@ -291,7 +303,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
 }
 
 /** A dump context for one frozen process of the tree. */
-function newContext(pid: number, threads: Thread[], target: Target, writer: ImageWriter, warnings: string[]): DumpContext {
+function newContext(pid: number, threads: Thread[], target: Target, writer: ImageWriter, warnings: string[], tcp: TcpPolicy): DumpContext {
   const status = readStatus(pid);
   const stat = readStat(pid);
   const nsPid = status.nspid[status.nspid.length - 1]!;
@@ -299,6 +311,7 @@ function newContext(pid: number, threads: Thread[], target: Target, writer: Imag
     hostPid: pid,
     nsPid,
     initHostPid: target.initPid,
+    tcp,
     status,
     stat,
     thread: threads[0]!,

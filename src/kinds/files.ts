@@ -138,7 +138,7 @@ function fdContext(ctx: DumpContext, st: DumpState): FdDumpContext {
 function prepareDump(ctx: DumpContext): DumpState {
   const fds = probeFds(ctx.hostPid, ctx.initHostPid);
   // Frozen now: the table cannot change any more; check again what the running process had.
-  const kinds = checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, fds });
+  const kinds = checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, tcp: ctx.tcp, fds });
   const ids = new Map<number, number>();
   for (const p of fds) if (p.rep === p.fd) ids.set(p.fd, ids.size);
   const st: DumpState = { fds, kinds, ids, injected: new Map(), data: { file: null, name: `fds-${ctx.nsPid}.img` } };
@@ -149,7 +149,7 @@ function prepareDump(ctx: DumpContext): DumpState {
 export const files: Kind = {
   name: 'files',
   check(ctx) {
-    checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, fds: probeFds(ctx.hostPid, ctx.initHostPid) });
+    checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, tcp: ctx.tcp, fds: probeFds(ctx.hostPid, ctx.initHostPid) });
   },
   dumpInjected(ctx) {
     const st = prepareDump(ctx);

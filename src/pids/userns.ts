@@ -18,7 +18,8 @@ export const userns: PidMode = {
   },
   spawn(m, opts) {
     const tasks = m.processes.flatMap((p) => ['--task', p.ppid > 1 ? `${p.pid}:${p.ppid}` : String(p.pid)]);
-    return new Helper('restore', tasks, { detached: opts.detached });
+    // A job with its own network namespace (crest run --net) gets a new one, loopback up.
+    return new Helper('restore', [...(m.job.net ? ['--net'] : []), ...tasks], { detached: opts.detached });
   },
   async awaitHusks(helper) {
     const pids = new Map<number, number>();

@@ -15,6 +15,7 @@ import { preflightFiles } from '../kinds/files.js';
 import { verifyFile } from '../kinds/fileid.js';
 import { kind } from '../kinds/registry.js';
 import { SharedObjects } from '../kinds/objects.js';
+import { finishTcp } from '../kinds/fds/tcp.js';
 import { checkXfeatures } from '../kinds/registers.js';
 import { readMaps } from '../proc/index.js';
 import type { Helper, HelperExit } from '../jobs/supervise.js';
@@ -33,6 +34,8 @@ export interface RestoreOptions {
   mode?: PidModeName;
   /** cycle mode: give up reaching the PIDs after this long (default 30 s). */
   cycleTimeoutMs?: number;
+  /** Every TCP connection comes back closed (reset by its peer), even those the image could recreate. */
+  tcpClose?: boolean;
   onStage?: (name: string, ms: number) => void;
 }
 
@@ -111,8 +114,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const proc of manifest.processes) {
       const huskPid = husks.pids.get(proc.pid);
       if (huskPid === undefined) throw new CrestError('HELPER_FAILED', `the helper did not report a husk for pid ${proc.pid}`);
-      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, huskPid, husks, held, warnings, unprivileged, objects));
+      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, huskPid, husks, held, warnings, unprivileged, objects, !!opts.tcpClose));
     }
+    // TCP connections come out of repair mode only now: each one's peer exists (TCP_REPAIR, kinds/fds/tcp.ts).
+    runner.run('tcp', () => finishTcp(objects));
     // Registers go in only once every process is built: until then a husk
     // may still hand an object it made (a memfd ...) to a later one, and
     // each closes its copies of them from its scratch area, still mapped.
@@ -172,6 +177,7 @@ async function restoreProcess(
   warnings: string[],
   unprivilegedMode: string | undefined,
   objects: SharedObjects,
+  tcpClose: boolean,
 ): Promise<() => void> {
   const tag = manifest.processes.length > 1 ? `:${proc.pid}` : '';
   // Threads the PID helper made already (cap, cycle) are held from the start
@@ -192,6 +198,7 @@ async function restoreProcess(
     mem: null as unknown as ScratchAllocator,
     warnings,
     objects,
+    tcpClose,
     ...(unprivilegedMode ? { unprivilegedMode } : {}),
   };
   runner.run(`prepare${tag}`, () => prepareHusk(ctx));
