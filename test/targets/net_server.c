@@ -49,15 +49,11 @@ static int serve(struct conn *c, short revents)
 {
     ssize_t r = recv(c->fd, c->buf + c->len, sizeof c->buf - 1 - c->len, MSG_DONTWAIT);
     if (r < 0 && (errno == EAGAIN || errno == EINTR)) return 0;
-    if (c->old && g_go) {
-        /* A connection from before the checkpoint: it must look reset by its peer. */
+    if (c->old && r <= 0) {
+        /* A connection from before the checkpoint ended: after a restore it must look reset by its peer. */
         if (r < 0 && errno == ECONNRESET) g_old_resets++;
-        if (r <= 0 && (revents & (POLLHUP | POLLERR | POLLIN))) {
-            g_old_ended++;
-            return 1;
-        }
-        if (r > 0) fail("reset", "a connection from before the checkpoint still delivered %zd bytes", r);
-        return r <= 0;
+        if (revents & (POLLHUP | POLLERR | POLLIN)) g_old_ended++;
+        return 1;
     }
     if (r <= 0) {
         if (!c->old) g_served++;
@@ -91,7 +87,10 @@ static void loop_once(int timeout_ms)
     }
     if (pf[0].revents & POLLIN) {
         int fd = accept4(g_lis, NULL, NULL, SOCK_NONBLOCK);
-        if (fd >= 0 && g_nconns < MAXC) g_conns[g_nconns++] = (struct conn){.fd = fd, .old = !g_go};
+        if (fd >= 0 && g_nconns < MAXC) {
+            g_conns[g_nconns++] = (struct conn){.fd = fd, .old = !g_go};
+            g_old_total += !g_go;
+        }
         else if (fd >= 0) close(fd);
     }
 }
@@ -119,7 +118,6 @@ int main(int argc, char **argv)
     announce_ready();
     wait_go(tick);
     g_go = 1;
-    for (int i = 0; i < g_nconns; i++) g_old_total += g_conns[i].old;
 
     if (getsockname(g_lis, (struct sockaddr *)&a, &alen) < 0) DIE_ERRNO("getsockname");
     int expect_port = sabotage("port") ? g_port + 1 : g_port;
