@@ -339,6 +339,12 @@ export const tcp: FdKind<'tcp'> = {
       ...(queues && queues.length > 0 ? { data: ctx.putData(queues) } : {}),
     };
   },
+  preflight(f, ctx) {
+    // Repair needs the job's own network namespace, made anew at restore: an image without one cannot have it.
+    if (f.mode === 'repair' && (!f.repair || ctx.manifest.job.net !== true)) {
+      throw new CrestError('IMAGE_INVALID', `process ${ctx.proc.pid}: TCP connection ${describe(f)} is to be repaired, but ${f.repair ? "the image's job has no network namespace of its own" : 'its repair state is missing'}`);
+    }
+  },
   restore(f, ctx) {
     if (f.mode === 'closed' || ctx.tcpClose || !f.repair) return resetSocket(f, ctx);
     return repairSocket(f, f.repair, ctx);
@@ -385,11 +391,60 @@ function u32(n: number): Buffer {
   return b;
 }
 
+/**
+ * Sets the default (middle) value of /proc/sys/net/ipv4/`name` in the husk's
+ * network namespace to at least `want`; returns what puts it back.
+ */
+function raiseDefault(ctx: FdRestoreContext, name: 'tcp_wmem' | 'tcp_rmem', want: number): () => void {
+  const path = `/proc/sys/net/ipv4/${name}`;
+  ctx.mem.reset();
+  const fd = call(ctx, 'openat', `open ${path}`, NR.openat, -100, ctx.mem.str(path), O.RDWR | O.CLOEXEC, 0);
+  const write = (text: string): void => {
+    ctx.mem.reset();
+    call(ctx, 'pwrite64', `write ${text.trim()} to ${path}`, NR.pwrite64, fd, ctx.mem.put(Buffer.from(text)), text.length, 0);
+  };
+  try {
+    const buf = ctx.mem.alloc(128);
+    const n = call(ctx, 'read', `read ${path}`, NR.read, fd, buf, 127);
+    const was = ctx.thread.readMem(buf, n).toString('latin1').trim();
+    const [min, def, max] = was.split(/\s+/).map(Number);
+    if (min === undefined || def === undefined || max === undefined || [min, def, max].some((x) => !Number.isFinite(x))) {
+      throw new CrestError('TCP_REPAIR', `${path} reads ${JSON.stringify(was)}`);
+    }
+    if (def >= want) {
+      raw(ctx, NR.close, fd);
+      return () => {};
+    }
+    write(`${min} ${want} ${Math.max(max, want)}\n`);
+    return () => {
+      try {
+        write(`${min} ${def} ${max}\n`);
+      } finally {
+        raw(ctx, NR.close, fd);
+      }
+    };
+  } catch (e) {
+    raw(ctx, NR.close, fd);
+    throw e;
+  }
+}
+
 /** Step 1: the connection in repair mode, in the husk's network namespace, all but its send queue. */
 function repairSocket(f: TcpImage, r: Repair, ctx: FdRestoreContext): number {
   const what = `the TCP connection ${describe(f)}`;
   const domain = f.family === 4 ? AF_INET : AF_INET6;
-  const fd = call(ctx, 'socket', `create ${what}`, NR.socket, domain, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  // Buffer sizes: the queues written below must fit. A new TCP socket takes
+  // them from the namespace's tcp_wmem/tcp_rmem defaults: raised for this
+  // socket's creation (the job's namespace is crest's to set), they are not
+  // locked (SO_SNDBUF would, and is capped at net.core.wmem_max), so the
+  // kernel goes on tuning them as it did.
+  const undo = [raiseDefault(ctx, 'tcp_wmem', f.sndbuf), raiseDefault(ctx, 'tcp_rmem', f.rcvbuf)];
+  let fd: number;
+  try {
+    fd = call(ctx, 'socket', `create ${what}`, NR.socket, domain, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  } finally {
+    for (const u of undo) u();
+  }
   ctx.mem.reset();
   if (f.nodelay) setsockoptInt(ctx, fd, IPPROTO_TCP, TCP_NODELAY, 1, `TCP_NODELAY of ${what}`);
   if (f.keepalive) {
@@ -400,15 +455,6 @@ function repairSocket(f: TcpImage, r: Repair, ctx: FdRestoreContext): number {
   }
   const s = HeldSocket.take(ctx.huskHostPid, fd, what);
   try {
-    // Buffer sizes first: the queues written below must fit. (The kernel
-    // caps them at net.core.[rw]mem_max, and an unprivileged process cannot
-    // force more; a size set is locked, no longer autotuned.)
-    for (const [o, want, name] of [
-      [SO.SNDBUF, f.sndbuf, 'SO_SNDBUF'],
-      [SO.RCVBUF, f.rcvbuf, 'SO_RCVBUF'],
-    ] as const) {
-      if (s.int(SOL_SOCKET, o, name) !== want) s.setInt(SOL_SOCKET, o, Math.floor(want / 2), name);
-    }
     s.repair(true);
     // Sequence numbers only while the socket is unconnected; the receive queue's
     // first byte is the first one the process has not read (refilled below).
