@@ -8,9 +8,12 @@
  * program has fixed verbs, strict argument parsing, no configuration and
  * never runs a shell.
  *
- *   crest-helper run [--ctl FD] -- CMD [ARGS...]
- *   crest-helper restore [--ctl FD] --task PID[:PPID] [--task ...]
+ *   crest-helper run [--ctl FD] [--net] -- CMD [ARGS...]
+ *   crest-helper restore [--ctl FD] [--net] --task PID[:PPID] [--task ...]
  *   crest-helper probe
+ *
+ * --net: the namespaces include a new network namespace, whose loopback
+ * interface init brings up (it is the only interface).
  *
  * Processes:
  *   outer  the process started by the caller, in the caller's namespaces;
@@ -44,8 +47,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,8 +65,8 @@
 #define NS_FLAGS (CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNS)
 
 static const char usage_text[] =
-    "usage: crest-helper run [--ctl FD] -- CMD [ARGS...]\n"
-    "       crest-helper restore [--ctl FD] --task PID[:PPID] [--task ...]\n"
+    "usage: crest-helper run [--ctl FD] [--net] -- CMD [ARGS...]\n"
+    "       crest-helper restore [--ctl FD] [--net] --task PID[:PPID] [--task ...]\n"
     "       crest-helper probe\n"
     "       crest-helper --help\n";
 
@@ -549,6 +557,28 @@ static void mount_proc(void)
 		die("mount /proc");
 }
 
+/* Namespace flags of this job: NS_FLAGS, plus CLONE_NEWNET with --net. */
+static unsigned long ns_flags = NS_FLAGS;
+
+/* Bring up the loopback interface of a new network namespace.  0 or -1/errno. */
+static int bring_lo_up(void)
+{
+	struct ifreq ifr;
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int ret = -1;
+
+	if (s < 0)
+		return -1;
+	memset(&ifr, 0, sizeof ifr);
+	strcpy(ifr.ifr_name, "lo");
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+		ifr.ifr_flags |= IFF_UP;
+		ret = ioctl(s, SIOCSIFFLAGS, &ifr);
+	}
+	close(s);
+	return ret;
+}
+
 /* The job of "run": runs in the forked child, never returns. */
 static _Noreturn void exec_job(char **argv)
 {
@@ -651,6 +681,8 @@ static _Noreturn void init_main(int go_r, int rep_w, char **argv)
 		_exit(EXIT_SETUP);
 
 	mount_proc();
+	if ((ns_flags & CLONE_NEWNET) && bring_lo_up() < 0)
+		die("bring up lo in the new network namespace");
 
 	if (argv) {
 		job = fork();
@@ -743,9 +775,9 @@ static int outer_main(char **argv)
 	if (pipe2(go, O_CLOEXEC) < 0 || pipe2(rep, O_CLOEXEC) < 0)
 		die("pipe");
 
-	init = raw_clone(NS_FLAGS);
+	init = raw_clone(ns_flags);
 	if (init < 0)
-		die("clone (user+pid+mount namespaces)");
+		die(ns_flags & CLONE_NEWNET ? "clone (user+pid+mount+network namespaces)" : "clone (user+pid+mount namespaces)");
 	if (init == 0) {
 		init_main(go[0], rep[1], argv);
 	}
@@ -844,10 +876,26 @@ static int outer_main(char **argv)
 
 /* ---- probe ------------------------------------------------------------ */
 
-/* Inside the throwaway namespace: results[0] = mount, results[1] = set_tid. */
+/* TCP_REPAIR on a fresh TCP socket (needs CAP_NET_ADMIN over its network
+   namespace).  0 or an errno. */
+static int probe_tcp_repair(void)
+{
+	int one = 1, err = 0;
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+
+	if (s < 0)
+		return errno;
+	if (setsockopt(s, IPPROTO_TCP, TCP_REPAIR, &one, sizeof one) < 0)
+		err = errno;
+	close(s);
+	return err;
+}
+
+/* Inside the throwaway namespace: results[0] = mount, results[1] = set_tid,
+   results[2] = loopback up, results[3] = TCP_REPAIR. */
 static _Noreturn void probe_child(int go_r, int res_w)
 {
-	int res[2] = { 0, 0 }, st;
+	int res[4] = { 0, 0, 0, 0 }, st;
 	char c;
 	pid_t pid;
 
@@ -865,6 +913,10 @@ static _Noreturn void probe_child(int go_r, int res_w)
 		res[1] = errno;
 	else if (pid != 77)
 		res[1] = EINVAL;
+	/* A network namespace of its own, apart: a failure here must not hide the steps above. */
+	if (unshare(CLONE_NEWNET) < 0 || bring_lo_up() < 0)
+		res[2] = errno;
+	res[3] = res[2] ? res[2] : probe_tcp_repair();
 	if (write_all(res_w, res, sizeof res) < 0)
 		_exit(EXIT_SETUP);
 	_exit(0);
@@ -877,8 +929,8 @@ static const char *result(int err)
 
 static int probe_main(void)
 {
-	int go[2], rp[2], st, e_userns = 0, e_mount = 0, e_settid = 0, e_clone3 = 0;
-	int res[2];
+	int go[2], rp[2], st, e_userns = 0, e_mount = 0, e_settid = 0, e_clone3 = 0, e_netns = 0, e_repair = 0;
+	int res[4];
 	const char *what;
 	pid_t pid;
 
@@ -903,11 +955,13 @@ static int probe_main(void)
 	} else {
 		e_mount = res[0];
 		e_settid = res[1];
+		e_netns = res[2];
+		e_repair = res[3];
 	}
 	if (pid > 0 && wait_for(pid, &st) < 0)
 		die("waitpid");
 	if (e_userns) /* the later steps could not be tried */
-		e_mount = e_settid = e_userns;
+		e_mount = e_settid = e_netns = e_repair = e_userns;
 
 	pid = clone3_pid(0);
 	if (pid == 0)
@@ -921,6 +975,8 @@ static int probe_main(void)
 	printf("mountproc %s\n", result(e_mount));
 	printf("set_tid %s\n", result(e_settid));
 	printf("clone3 %s\n", result(e_clone3));
+	printf("netns %s\n", result(e_netns));
+	printf("tcp_repair %s\n", result(e_repair));
 	if (fflush(stdout) == EOF)
 		die("write stdout");
 	return 0;
@@ -949,6 +1005,12 @@ int main(int argc, char **argv)
 
 	if (strcmp(argv[1], "run") == 0) {
 		for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
+			if (strcmp(argv[i], "--net") == 0) {
+				if (ns_flags & CLONE_NEWNET)
+					usage_error("run: --net given twice");
+				ns_flags |= CLONE_NEWNET;
+				continue;
+			}
 			if (strcmp(argv[i], "--ctl") != 0)
 				usage_error("run: unexpected argument '%s' (missing '--' before the command?)", argv[i]);
 			if (ctl_fd >= 0)
@@ -977,6 +1039,10 @@ int main(int argc, char **argv)
 				if (++i == argc)
 					usage_error("restore: --ctl needs a file descriptor");
 				ctl_fd = parse_ctl(argv[i]);
+			} else if (strcmp(argv[i], "--net") == 0) {
+				if (ns_flags & CLONE_NEWNET)
+					usage_error("restore: --net given twice");
+				ns_flags |= CLONE_NEWNET;
 			} else if (strcmp(argv[i], "--task") == 0) {
 				if (++i == argc)
 					usage_error("restore: --task needs PID[:PPID]");

@@ -26,6 +26,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/user.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -763,6 +764,154 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// ---------------------------------------------------------------------------
+// Sockets crest holds a copy of (pidfd_getfd): the TCP connections of a job
+// with its own network namespace, which crest may repair (TCP_REPAIR needs
+// CAP_NET_ADMIN over the socket's namespace, and crest owns the job's user
+// namespace). Plain calls on crest's own fd; never blocking when the caller
+// passes MSG_DONTWAIT.
+
+static napi_value js_pidfdGetfd(napi_env env, napi_callback_info info) {
+  static const char FN[] = "pidfdGetfd";
+  ARGS(2);
+  INT_ARG(0, "pidfd", 0, INT32_MAX, pidfd);
+  INT_ARG(1, "targetfd", 0, INT32_MAX, target);
+  long fd = syscall(SYS_pidfd_getfd, (int)pidfd, (int)target, 0);
+  if (fd == -1) return throw_sys(env, "pidfd_getfd", "", errno, 0);
+  return make_int(env, fd);
+}
+
+static napi_value js_close(napi_env env, napi_callback_info info) {
+  static const char FN[] = "close";
+  ARGS(1);
+  INT_ARG(0, "fd", 0, INT32_MAX, fd);
+  if (close((int)fd) == -1 && errno != EINTR) return throw_sys(env, "close", "", errno, 0);
+  return NULL;
+}
+
+// getsockopt into a buffer of `size` bytes; returns exactly the bytes the kernel filled.
+static napi_value js_getsockopt(napi_env env, napi_callback_info info) {
+  static const char FN[] = "getsockopt";
+  ARGS(4);
+  INT_ARG(0, "fd", 0, INT32_MAX, fd);
+  INT_ARG(1, "level", 0, INT32_MAX, level);
+  INT_ARG(2, "name", 0, INT32_MAX, name);
+  INT_ARG(3, "size", 1, 4096, size);
+  unsigned char buf[4096];
+  socklen_t len = (socklen_t)size;
+  memset(buf, 0, sizeof buf);
+  if (getsockopt((int)fd, (int)level, (int)name, buf, &len) == -1)
+    return throw_sys(env, "getsockopt", "", errno, 0);
+  napi_value out;
+  void *data;
+  CHECK(napi_create_buffer_copy(env, len, buf, &data, &out));
+  return out;
+}
+
+static napi_value js_setsockopt(napi_env env, napi_callback_info info) {
+  static const char FN[] = "setsockopt";
+  ARGS(4);
+  INT_ARG(0, "fd", 0, INT32_MAX, fd);
+  INT_ARG(1, "level", 0, INT32_MAX, level);
+  INT_ARG(2, "name", 0, INT32_MAX, name);
+  void *data;
+  size_t len;
+  if (!arg_buffer(env, FN, argv[3], 4, "value", &data, &len)) return NULL;
+  if (setsockopt((int)fd, (int)level, (int)name, data, (socklen_t)len) == -1)
+    return throw_sys(env, "setsockopt", "", errno, 0);
+  return NULL;
+}
+
+// ioctl(fd, req, &int): SIOCINQ, SIOCOUTQ, SIOCOUTQNSD.
+static napi_value js_ioctlInt(napi_env env, napi_callback_info info) {
+  static const char FN[] = "ioctlInt";
+  ARGS(2);
+  INT_ARG(0, "fd", 0, INT32_MAX, fd);
+  U32_ARG(1, "request", req);
+  int v = 0;
+  if (ioctl((int)fd, (unsigned long)req, &v) == -1) return throw_sys(env, "ioctl", "", errno, 0);
+  return make_int(env, v);
+}
+
+// ioctl(fd, req, buffer): the buffer is read and written in place (struct ifreq).
+static napi_value js_ioctlBuffer(napi_env env, napi_callback_info info) {
+  static const char FN[] = "ioctlBuffer";
+  ARGS(3);
+  INT_ARG(0, "fd", 0, INT32_MAX, fd);
+  U32_ARG(1, "request", req);
+  void *data;
+  size_t len;
+  if (!arg_buffer(env, FN, argv[2], 3, "arg", &data, &len)) return NULL;
+  if (len < 40) {
+    type_error(env, FN, 3, "arg", "a Buffer of at least 40 bytes");
+    return NULL;
+  }
+  if (ioctl((int)fd, (unsigned long)req, data) == -1) return throw_sys(env, "ioctl", "", errno, 0);
+  return NULL;
+}
+
+static napi_value sock_io(napi_env env, napi_callback_info info, const char *FN, bool out) {
+  ARGS(5);
+  INT_ARG(0, "fd", 0, INT32_MAX, fd);
+  void *data;
+  size_t blen;
+  if (!arg_buffer(env, FN, argv[1], 2, "buf", &data, &blen)) return NULL;
+  INT_ARG(2, "off", 0, (int64_t)blen, off);
+  INT_ARG(3, "len", 0, (int64_t)blen - off, len);
+  INT_ARG(4, "flags", 0, INT32_MAX, flags);
+  ssize_t n;
+  do n = out ? send((int)fd, (char *)data + off, (size_t)len, (int)flags)
+             : recv((int)fd, (char *)data + off, (size_t)len, (int)flags);
+  while (n == -1 && errno == EINTR);
+  if (n == -1) return throw_sys(env, out ? "send" : "recv", "", errno, 0);
+  return make_int(env, n);
+}
+
+static napi_value js_recv(napi_env env, napi_callback_info info) {
+  return sock_io(env, info, "recv", false);
+}
+
+static napi_value js_send(napi_env env, napi_callback_info info) {
+  return sock_io(env, info, "send", true);
+}
+
+static napi_value sock_addr(napi_env env, napi_callback_info info, const char *FN, bool conn) {
+  ARGS(2);
+  INT_ARG(0, "fd", 0, INT32_MAX, fd);
+  void *data;
+  size_t len;
+  if (!arg_buffer(env, FN, argv[1], 2, "sockaddr", &data, &len)) return NULL;
+  int r = conn ? connect((int)fd, data, (socklen_t)len) : bind((int)fd, data, (socklen_t)len);
+  if (r == -1) return throw_sys(env, conn ? "connect" : "bind", "", errno, 0);
+  return NULL;
+}
+
+static napi_value js_bind(napi_env env, napi_callback_info info) {
+  return sock_addr(env, info, "bind", false);
+}
+
+static napi_value js_connect(napi_env env, napi_callback_info info) {
+  return sock_addr(env, info, "connect", true);
+}
+
+// getsockname, or getpeername with peer true: the sockaddr bytes.
+static napi_value js_sockName(napi_env env, napi_callback_info info) {
+  static const char FN[] = "sockName";
+  ARGS(2);
+  INT_ARG(0, "fd", 0, INT32_MAX, fd);
+  bool peer;
+  if (!arg_bool(env, FN, argv[1], 2, "peer", &peer)) return NULL;
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  memset(&ss, 0, sizeof ss);
+  int r = peer ? getpeername((int)fd, (struct sockaddr *)&ss, &len) : getsockname((int)fd, (struct sockaddr *)&ss, &len);
+  if (r == -1) return throw_sys(env, peer ? "getpeername" : "getsockname", "", errno, 0);
+  napi_value out;
+  void *data;
+  CHECK(napi_create_buffer_copy(env, len, &ss, &data, &out));
+  return out;
+}
+
 static void munmap_finalize(napi_env env, void *data, void *hint) {
   (void)env;
   munmap(data, (size_t)(uintptr_t)hint);
@@ -1140,6 +1289,17 @@ static napi_value init(napi_env env, napi_value exports) {
       FUNC(capget),
       FUNC(pidfdOpen),
       FUNC(flock),
+      FUNC(pidfdGetfd),
+      FUNC(close),
+      FUNC(getsockopt),
+      FUNC(setsockopt),
+      FUNC(ioctlInt),
+      FUNC(ioctlBuffer),
+      FUNC(recv),
+      FUNC(send),
+      FUNC(bind),
+      FUNC(connect),
+      FUNC(sockName),
       FUNC(zstdVersion),
       FUNC(zstdCompress),
       FUNC(zstdCompressAsync),

@@ -104,7 +104,7 @@ test('ptrace, rseq and the helper probe work here', () => {
   assert.match(rv.pointer, /^0x[0-9a-f]{16}$/);
   assert.ok(rv.size >= 32);
   assert.equal(probe(report, 'helper').ok, true, probe(report, 'helper').detail);
-  for (const id of ['userns', 'mountproc', 'set_tid', 'clone3']) assert.equal(probe(report, id).ok, true, `${id}: ${probe(report, id).detail}`);
+  for (const id of ['userns', 'mountproc', 'set_tid', 'clone3', 'netns', 'tcp_repair']) assert.equal(probe(report, id).ok, true, `${id}: ${probe(report, id).detail}`);
   // The helper's own output agrees.
   const out = execFileSync(HELPER, ['probe'], { encoding: 'utf8' });
   assert.deepEqual(probe(report, 'helper').value, Object.fromEntries(out.trim().split('\n').map((l) => l.split(' '))));

@@ -5,7 +5,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, readdirSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
 const HELPER = fileURLToPath(new URL('../../helper/crest-helper', import.meta.url));
@@ -357,16 +357,36 @@ describe('crest-helper', { timeout: TIMEOUT }, () => {
     test('--help prints usage and exits 0', async () => {
       const r = await run(['--help']);
       assert.equal(r.code, 0);
-      assert.match(r.stdout, /^usage: crest-helper run \[--ctl FD\] -- CMD/);
+      assert.match(r.stdout, /^usage: crest-helper run \[--ctl FD\] \[--net\] -- CMD/);
       assert.equal(r.stderr, '');
     });
   });
 
   describe('probe', () => {
-    test('prints the four steps, all ok here', async () => {
+    test('prints the six steps, all ok here', async () => {
       const r = await run(['probe']);
       assert.equal(r.code, 0, r.stderr);
-      assert.equal(r.stdout, 'userns ok\nmountproc ok\nset_tid ok\nclone3 ok\n');
+      assert.equal(r.stdout, 'userns ok\nmountproc ok\nset_tid ok\nclone3 ok\nnetns ok\ntcp_repair ok\n');
+    });
+  });
+
+  describe('run --net', () => {
+    test('the job has its own network namespace: loopback only, and up', async () => {
+      const py = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); socket.create_connection(s.getsockname()); print('connected')";
+      const r = await run(['run', '--net', '--', '/bin/sh', '-c', `tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; readlink /proc/self/ns/net; python3 -c "${py}"`]);
+      assert.equal(r.code, 0, r.stderr);
+      const [ifaces, ns, said] = r.stdout.trim().split('\n');
+      assert.equal(ifaces, 'lo');
+      assert.notEqual(ns, readlinkSync('/proc/self/ns/net'));
+      assert.equal(said, 'connected');
+    });
+
+    test('--net given twice is a usage error', async () => {
+      for (const verb of [['run', '--net', '--net', '--', 'true'], ['restore', '--net', '--net', '--task', '5']]) {
+        const r = await run(verb);
+        assert.equal(r.code, 2);
+        assert.match(r.stderr, /--net given twice/);
+      }
     });
   });
 });

@@ -309,6 +309,8 @@ function probeHelper(ctx: Ctx): void {
     ['mountproc', 'mount /proc in it (helper)'],
     ['set_tid', 'clone3 set_tid in it (helper)'],
     ['clone3', 'clone3 (helper)'],
+    ['netns', 'network namespace in it, loopback up (helper; crest run --net)'],
+    ['tcp_repair', 'TCP_REPAIR in it (helper; established TCP connections of --net jobs)'],
   ];
   const notTried = (why: string): void => {
     for (const [id, t] of parts) add(ctx, { id, title: t, ok: null, detail: `not tried: ${why}` });
@@ -350,6 +352,8 @@ function probeHelper(ctx: Ctx): void {
     mountproc: 'a fresh /proc can be mounted inside it',
     set_tid: 'clone3 with set_tid picked PID 77 inside it',
     clone3: 'clone3 works',
+    netns: 'a job may have its own network namespace (crest run --net)',
+    tcp_repair: 'established TCP connections of crest run --net jobs can be checkpointed and restored (TCP_REPAIR: CAP_NET_ADMIN over the job\'s network namespace, which crest and the husks hold)',
   };
   for (const [id, t] of parts) {
     const r = res[id];

@@ -73,6 +73,7 @@ function program(result: { code: number }): Command {
   p.command('run')
     .description('run a command as a restorable job (own user+pid+mount namespace)')
     .option('--name <name>', 'job name (default: the command name)')
+    .option('--net', 'give the job its own network namespace (loopback only), so that its TCP connections can be checkpointed and restored')
     .option('--checkpoint-dir <dir>', 'checkpoint into DIR (DIR/ckpt-0001 ...); a DIR that holds checkpoints is resumed instead of starting the command')
     .option('--every <duration>', 'with --checkpoint-dir: checkpoint this often (90s, 10m, 1h), the job running on', durationArg)
     .option('--on-signal <signal>', "with --checkpoint-dir: on this signal (USR1 ...), checkpoint, stop the job and exit 75; the signal is crest's, not the job's", signalArg)
@@ -86,7 +87,7 @@ function program(result: { code: number }): Command {
           throw new CrestError('USAGE', '--every, --on-signal, --keep, --full-every and --compress need --checkpoint-dir DIR');
         }
         const { run } = await import('../jobs/run.js');
-        const r = await run({ command, name: o.name });
+        const r = await run({ command, name: o.name, net: !!o.net });
         result.code = finish(r.exit, r.checkpointedTo, r.name);
         return;
       }
@@ -100,6 +101,7 @@ function program(result: { code: number }): Command {
         keep: o.keep,
         fullEvery: o.fullEvery,
         compress: !!o.compress,
+        net: !!o.net,
         log: (l) => err(`crest: ${l}`),
         resumeProgress: progressWanted() ? barSink() : null,
       });
@@ -214,13 +216,14 @@ function program(result: { code: number }): Command {
     .requiredOption('-D, --dir <dir>', 'image directory')
     .option('--leave-running', 'keep the job running after the checkpoint')
     .option('--force', 'overwrite an image already in the directory')
+    .option('--tcp-close', 'take TCP connections crest cannot recreate (outside a `crest run --net` job, or not ESTABLISHED) as closed: after restore the process finds each reset by its peer')
     .option('--json', 'print the result as JSON')
     .action(async (o) => {
       if ((o.pid === undefined) === (o.job === undefined)) {
         throw new CrestError('USAGE', 'name exactly one process: --pid PID or --job NAME');
       }
       const { dump } = await import('../dump/index.js');
-      const r = await withProgress(() => dump({ pid: o.pid, job: o.job, dir: resolve(o.dir), leaveRunning: !!o.leaveRunning, force: !!o.force, reap: false }));
+      const r = await withProgress(() => dump({ pid: o.pid, job: o.job, dir: resolve(o.dir), leaveRunning: !!o.leaveRunning, force: !!o.force, tcpClose: !!o.tcpClose, reap: false }));
       if (o.json) out(JSON.stringify(r));
       else {
         for (const w of r.warnings) err(`crest: warning: ${w}`);
@@ -239,12 +242,13 @@ function program(result: { code: number }): Command {
     .addOption(
       new Option('--mode <mode>', 'how the PIDs come back: userns (a job\'s own namespace), cap (crest-pidhelper with CAP_CHECKPOINT_RESTORE), cycle (PID cycling); default: the best available for the image').choices(['userns', 'cap', 'cycle'] as const),
     )
+    .option('--tcp-close', 'bring every TCP connection back closed (reset by its peer), even those the image could recreate')
     .option('--json', 'print the result as JSON (with --detach)')
     .action(async (o) => {
       const { restore } = await import('../restore/index.js');
       const { forwardSignals } = await import('../jobs/supervise.js');
       const { loadJob, removeJob } = await import('../jobs/registry.js');
-      const r = await withProgress(() => restore({ dir: resolve(o.dir), detach: !!o.detach, name: o.name, mode: o.mode }));
+      const r = await withProgress(() => restore({ dir: resolve(o.dir), detach: !!o.detach, name: o.name, mode: o.mode, tcpClose: !!o.tcpClose }));
       const cycled = r.cycled ? `; cycled ${r.cycled.ids} IDs in ${r.cycled.ms.toFixed(0)} ms (${r.cycled.rate} PIDs/s)` : '';
       err(`crest: PID mode ${r.pidMode}: ${r.pidModeWhy}${cycled}`);
       for (const w of r.warnings) err(`crest: warning: ${w}`);

@@ -15,7 +15,8 @@ import { ImageWriter } from '../image/writer.js';
 import { FORMAT_VERSION, IMAGE_MAGIC, type ProcessImage, type ThreadImage, type ZombieImage } from '../image/schema.js';
 import { planTree, type TreeNode } from '../restore/treeplan.js';
 import { KINDS } from '../kinds/registry.js';
-import { ScratchAllocator, unsupported, type DumpContext } from '../kinds/types.js';
+import { ScratchAllocator, unsupported, type DumpContext, type TcpPolicy } from '../kinds/types.js';
+import { lockNetwork, ownNetns, type NetLock } from '../kinds/fds/netlock.js';
 import { jobOfPid, listJobs, loadJob, saveJob, type JobRecord } from '../jobs/registry.js';
 import { pidHelperCapability, setcapCommand } from '../pids/index.js';
 import { vdsoSizes } from '../kinds/memory.js';
@@ -36,6 +37,8 @@ export interface DumpOptions {
   leaveRunning?: boolean;
   /** Overwrite an existing image in dir. */
   force?: boolean;
+  /** TCP connections crest cannot recreate are taken as closed: reset by their peer after restore. */
+  tcpClose?: boolean;
   /**
    * Wait for the stopped process to be gone before returning (default). The
    * CLI, which exits right after, skips the wait: its exit releases the process.
@@ -168,7 +171,7 @@ function hostTarget(pid: number, status: ProcStatus, record: JobRecord | null): 
 }
 
 /** Refusals that need only /proc (the process keeps running untouched). */
-function refuseUnsupported(pid: number, initPid: number | null, known: number[]): void {
+function refuseUnsupported(pid: number, initPid: number | null, known: number[], tcp: TcpPolicy): void {
   const status = readStatus(pid);
   const stat = readStat(pid);
   const kids = readChildren(pid).filter((k) => !known.includes(k));
@@ -184,7 +187,7 @@ function refuseUnsupported(pid: number, initPid: number | null, known: number[])
   }
   if (status.state === 'Z' || status.state === 'X') throw unsupported(pid, 'zombie', 'it has exited and its parent has not reaped it yet');
   const nsPid = status.nspid[status.nspid.length - 1]!;
-  for (const k of KINDS) k.check?.({ hostPid: pid, nsPid, status, stat, initHostPid: initPid });
+  for (const k of KINDS) k.check?.({ hostPid: pid, nsPid, status, stat, initHostPid: initPid, tcp });
 }
 
 /** A zombie of the tree comes back as a zombie, unless it is the exited main thread of a process whose other threads run. */
@@ -204,15 +207,18 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
 async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpResult> {
   const target = runner.run('resolve', () => resolveTarget(opts));
   const pid = target.pid;
+  // A job with its own network namespace (crest run --net) has its TCP connections repaired.
+  const tcp: TcpPolicy = { ownNetns: ownNetns(target.initPid), close: !!opts.tcpClose };
   runner.run('check', () => {
     const known = [...target.members, ...target.zombies];
-    for (const m of target.members) refuseUnsupported(m, target.initPid, known);
+    for (const m of target.members) refuseUnsupported(m, target.initPid, known, tcp);
     for (const z of target.zombies) refuseZombie(z);
   });
   const writer = runner.run('open-image', () => ImageWriter.create(opts.dir, { force: !!opts.force }));
   const pidMode = target.initPid === null ? 'host' : 'userns';
   // Every process of the tree, frozen before any is inspected, so the image is one moment.
   const frozen = new Map<number, Thread[]>();
+  let netLock: NetLock | null = null;
   let committed = false;
   const warnings: string[] = [];
   if (pidMode === 'host') {
@@ -238,7 +244,9 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
       const changed = again.live.find((m) => !frozen.has(m)) ?? again.zombies.find((z) => !target.zombies.includes(z));
       if (changed !== undefined) throw unsupported(changed, 'process tree', 'a process was created or exited while the tree was being frozen; try again');
     });
-    const contexts = target.members.map((m) => newContext(m, frozen.get(m)!, target, writer, warnings));
+    // Frozen processes, but a live network: stop it so that every connection is read at one moment.
+    if (tcp.ownNetns) netLock = runner.run('net-lock', () => lockNetwork(target.members));
+    const contexts = target.members.map((m) => newContext(m, frozen.get(m)!, target, writer, warnings, tcp));
     // Which stops each parent has yet to collect: asked in the parent's injection window.
     const nsOfHost = new Map(contexts.map((c) => [c.hostPid, c.nsPid]));
     const treeOf = (parentHost: number): NonNullable<DumpContext['tree']> | undefined => {
@@ -284,7 +292,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           hostname: hostname(),
           vdso: [...vdsoSizes(pid)].map(([kind, size]) => ({ kind: kind as 'vdso' | 'vvar' | 'vvar_vclock', size })),
         },
-        job: { name: target.record?.name ?? null, pidMode, uid: process.getuid!(), gid: process.getgid!() },
+        job: { name: target.record?.name ?? null, pidMode, uid: process.getuid!(), gid: process.getgid!(), ...(tcp.ownNetns ? { net: true } : {}) },
         ...(parentRef(tracking ?? null) ? { parent: parentRef(tracking ?? null) } : {}),
         processes: procs,
         ...(zombies.length > 0 ? { zombies } : {}),
@@ -299,6 +307,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
         if (target.record) {
           saveJob({ ...target.record, checkpointed: { dir: opts.dir, at: new Date().toISOString() } });
         }
+        netLock?.drop();
         // The whole job goes: its processes, then its init (which takes the namespace with it).
         // Other threads first: a traced group leader's exit is reported only after every other thread's.
         for (const threads of frozen.values()) for (const th of [...threads].reverse()) th.kill({ reap: opts.reap !== false });
@@ -314,6 +323,8 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
         } catch (e) {
           warnings.push(`write tracking could not be re-armed (the next checkpoint compares page hashes): ${(e as Error).message}`);
         }
+        const why = netLock?.release();
+        if (why) warnings.push(why);
         // Children before parents, each stopped one back in its stop before its parent runs on.
         for (const threads of [...frozen.values()].reverse()) {
           for (const th of [...threads].reverse()) {
@@ -340,6 +351,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
   } catch (e) {
     // Never leave a half image that looks complete, and never leave a process stopped or changed.
     if (!committed) writer.abort();
+    netLock?.release();
     for (const threads of [...frozen.values()].reverse()) {
       for (const th of [...threads].reverse()) th.release();
       if (threads[0]?.groupStop) awaitGroupStop(threads[0].tid);
@@ -353,7 +365,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
 }
 
 /** A dump context for one frozen process of the tree. */
-function newContext(pid: number, threads: Thread[], target: Target, writer: ImageWriter, warnings: string[]): DumpContext {
+function newContext(pid: number, threads: Thread[], target: Target, writer: ImageWriter, warnings: string[], tcp: TcpPolicy): DumpContext {
   const status = readStatus(pid);
   const stat = readStat(pid);
   const nsPid = status.nspid[status.nspid.length - 1]!;
@@ -362,6 +374,7 @@ function newContext(pid: number, threads: Thread[], target: Target, writer: Imag
     nsPid,
     initHostPid: target.initPid,
     members: target.members,
+    tcp,
     status,
     stat,
     thread: threads[0]!,

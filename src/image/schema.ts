@@ -390,6 +390,52 @@ export const OpenFileSchema = v.variant('kind', [
     rcvbuf: u,
     sndbuf: u,
   }),
+  /**
+   * A TCP connection. repair: recreated exactly (TCP_REPAIR; only in a job
+   * with its own network namespace, `crest run --net`): sequence numbers,
+   * options, window and both queues. closed: it comes back as a connection
+   * reset by its peer (dumped or restored with --tcp-close).
+   */
+  v.strictObject({
+    kind: v.literal('tcp'),
+    id: u,
+    flags: u,
+    family: v.picklist([4, 6]),
+    /** The TCP state at the checkpoint (ESTABLISHED, CLOSE_WAIT ...). */
+    state: v.string(),
+    local: v.strictObject({ address: v.string(), port: v.pipe(u, v.maxValue(65535)) }),
+    remote: v.strictObject({ address: v.string(), port: v.pipe(u, v.maxValue(65535)) }),
+    mode: v.picklist(['repair', 'closed']),
+    repair: v.optional(
+      v.strictObject({
+        /** First byte of the send queue (snd_una) and of the receive queue (the next byte the process reads). */
+        sendSeq: v.pipe(u, v.maxValue(2 ** 32 - 1)),
+        recvSeq: v.pipe(u, v.maxValue(2 ** 32 - 1)),
+        /** Bytes in the send queue (sent and not acknowledged, then not sent yet), of which not sent yet; bytes in the receive queue. */
+        sendLen: u,
+        unsentLen: u,
+        recvLen: u,
+        /** Negotiated options: MSS, window scales (absent: no scaling), SACK, timestamps. */
+        mss: u,
+        sndWscale: v.optional(v.pipe(u, v.maxValue(14))),
+        rcvWscale: v.optional(v.pipe(u, v.maxValue(14))),
+        sack: v.boolean(),
+        timestamps: v.boolean(),
+        /** TCP_TIMESTAMP: the connection's timestamp clock. */
+        tsval: v.pipe(u, v.maxValue(2 ** 32 - 1)),
+        /** TCP_REPAIR_WINDOW. */
+        window: v.strictObject({ sndWl1: u, sndWnd: u, maxWindow: u, rcvWnd: u, rcvWup: u }),
+      }),
+    ),
+    /** repair: the receive queue's bytes, then the send queue's. */
+    data: v.optional(DataRefSchema),
+    reuseaddr: v.boolean(),
+    nodelay: v.boolean(),
+    /** SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT. */
+    keepalive: v.optional(v.strictObject({ idle: u, intvl: u, cnt: u })),
+    rcvbuf: u,
+    sndbuf: u,
+  }),
   /** A memfd (memfd_create): name, contents, seals, offset. */
   v.strictObject({
     kind: v.literal('memfd'),
@@ -572,6 +618,8 @@ export const ManifestSchema = v.strictObject({
     /** uid and gid that were mapped into the job's user namespace (the owner's); host: the process's. */
     uid: u,
     gid: u,
+    /** The job has its own network namespace (`crest run --net`): restore makes a new one. */
+    net: v.optional(v.boolean()),
   }),
   /** Every data file of the image with its size and checksum. */
   files: v.record(v.pipe(v.string(), v.regex(/^[A-Za-z0-9._-]+$/)), FileEntrySchema),

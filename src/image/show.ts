@@ -250,6 +250,8 @@ function describeFile(f: OpenFileImage | undefined, procs: readonly ProcessImage
       return `unix ${f.type} ${f.state}${f.state === 'listen' ? ` (backlog ${f.backlog})` : ` peer [${f.peer}]`}${f.queue ? `  ${f.queue.data.length} bytes queued` : ''}`;
     case 'inet':
       return `${f.protocol}${f.family === 6 ? '6' : ''} ${f.state} ${f.family === 6 ? `[${f.address}]` : f.address}:${f.port}${f.backlog !== undefined ? ` (backlog ${f.backlog})` : ''}`;
+    case 'tcp':
+      return `tcp${f.family === 6 ? '6' : ''} ${f.state} ${f.local.address.includes(':') ? `[${f.local.address}]` : f.local.address}:${f.local.port} -> ${f.remote.address.includes(':') ? `[${f.remote.address}]` : f.remote.address}:${f.remote.port}  ${f.mode === 'repair' ? `repaired${f.repair ? `, ${f.repair.recvLen} bytes to read, ${f.repair.sendLen} to send` : ''}` : 'comes back closed (reset by the peer)'}`;
     case 'memfd':
       return `memfd:${f.name}  ${f.size} bytes  seals 0x${f.seals.toString(16)}  pos ${f.pos}`;
     case 'deleted':

@@ -29,6 +29,8 @@ export interface BatchRunOptions {
   fullEvery?: number;
   /** Compress the checkpoints' pages (zstd). */
   compress?: boolean;
+  /** A new job gets its own network namespace (crest run --net); a resumed one has what its checkpoint says. */
+  net?: boolean;
   /** One line for the person watching (crest prints them on stderr). */
   log?: (line: string) => void;
   /** Shows the resume's progress (a bar on a terminal); timer checkpoints show none (the job's output shares the terminal). */
@@ -125,6 +127,7 @@ export async function runWithCheckpoints(opts: BatchRunOptions): Promise<BatchRu
       const j = await startJob({
         command: opts.command,
         name: opts.name,
+        net: opts.net,
         record: { checkpointDir: cd.dir, checkpointKeep: opts.keep, checkpointFullEvery: opts.fullEvery, checkpointCompress: opts.compress },
         onHelper: (h) => (unforward = forwardSignals(h, { except })),
       });

@@ -12,6 +12,8 @@ export const EXIT_CHECKPOINTED = 75;
 export interface RunOptions {
   command: string[];
   name?: string;
+  /** The job also gets its own network namespace (loopback only): its TCP connections can be checkpointed. */
+  net?: boolean;
   /** Called once the job has started, with its name and host PIDs. */
   onStart?: (info: { name: string; initPid: number; pid: number }) => void;
 }
@@ -37,7 +39,7 @@ export interface StartedJob {
  * records the job (with `record` fields added) for `crest dump --job`.
  */
 export async function startJob(
-  opts: Pick<RunOptions, 'command' | 'name'> & {
+  opts: Pick<RunOptions, 'command' | 'name' | 'net'> & {
     record?: Partial<JobRecord>;
     /** Called as soon as the helper exists (install signal handling here, before any await). */
     onHelper?: (helper: Helper) => void;
@@ -52,7 +54,7 @@ export async function startJob(
   } else {
     name = freeJobName(defaultName(opts.command[0]!));
   }
-  const helper = new Helper('run', ['--', ...opts.command]);
+  const helper = new Helper('run', [...(opts.net ? ['--net'] : []), '--', ...opts.command]);
   opts.onHelper?.(helper);
   let initPid = 0;
   let pid = 0;

@@ -172,7 +172,7 @@ function prepareDump(ctx: DumpContext): DumpState {
   const me = tree.procs.find((x) => x.hostPid === ctx.hostPid);
   if (!me) throw new CrestError('INTERNAL', `pid ${ctx.hostPid} is not among the tree's processes`);
   // Frozen now: the table cannot change any more; check again what the running process had.
-  const kinds = checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, fds: me.fds });
+  const kinds = checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, tcp: ctx.tcp, fds: me.fds });
   const st: DumpState = { tree, fds: me.fds, kinds, ids: me.ids, injected: new Map(), data: { file: null, name: `fds-${ctx.nsPid}.img` } };
   dumpStates.set(ctx, st);
   return st;
@@ -181,7 +181,7 @@ function prepareDump(ctx: DumpContext): DumpState {
 export const files: Kind = {
   name: 'files',
   check(ctx) {
-    checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, fds: probeFds(ctx.hostPid, ctx.initHostPid) });
+    checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, tcp: ctx.tcp, fds: probeFds(ctx.hostPid, ctx.initHostPid) });
   },
   dumpInjected(ctx) {
     const st = prepareDump(ctx);

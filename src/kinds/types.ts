@@ -9,6 +9,14 @@ import type { PageTracking } from './pagetrack.js';
 import { CrestError } from '../sys/errors.js';
 import type { SharedObjects } from './objects.js';
 
+/** How TCP connections are taken: the job's network namespace and `--tcp-close`. */
+export interface TcpPolicy {
+  /** The job has its own network namespace (`crest run --net`): crest may repair its connections (TCP_REPAIR). */
+  ownNetns: boolean;
+  /** `crest dump --tcp-close`: connections crest cannot recreate are taken as closed (reset by the peer at restore). */
+  close: boolean;
+}
+
 /** What a kind sees while a process is being dumped. */
 export interface DumpContext {
   /** The process as the dumper sees it (host pid namespace). */
@@ -19,6 +27,7 @@ export interface DumpContext {
   initHostPid: number | null;
   /** Every process of the dumped tree (host pids), in image order: parents before children, this one among them. */
   members: readonly number[];
+  tcp: TcpPolicy;
   status: ProcStatus;
   stat: ProcStat;
   /** The frozen main thread; injection is possible while `scratch` is non-zero. */
@@ -69,6 +78,8 @@ export interface RestoreContext {
   warnings: string[];
   /** Objects the processes of the tree share (memfds, deleted files, shared anonymous memory): one per restore. */
   objects: SharedObjects;
+  /** `crest restore --tcp-close`: every TCP connection comes back closed (reset by its peer), even those the image could recreate. */
+  tcpClose?: boolean;
   /**
    * The PID mode's name when the husk holds no capability (cap, cycle:
    * crest-pidhelper dropped them all), for what cannot be done without one.
@@ -80,7 +91,7 @@ export interface RestoreContext {
 export interface Kind {
   readonly name: string;
   /** Reads /proc only (the process still runs): refuses what this kind cannot capture. */
-  check?(ctx: Pick<DumpContext, 'hostPid' | 'nsPid' | 'status' | 'stat' | 'initHostPid'>): void;
+  check?(ctx: Pick<DumpContext, 'hostPid' | 'nsPid' | 'status' | 'stat' | 'initHostPid' | 'tcp'>): void;
   /** Runs inside the injection window (scratch available, signals blocked). Keep it short. */
   dumpInjected?(ctx: DumpContext): void;
   /** Runs after the injection window, with the thread stopped and its registers back. */

@@ -21,7 +21,8 @@ export const userns: PidMode = {
     // The helper makes the children of the job's init (the first process
     // first: the helper's init waits for it as the job); restore forks the rest.
     const tasks = planImageTree(m).initForks.flatMap((f) => ['--task', String(f.pid)]);
-    return new Helper('restore', tasks, { detached: opts.detached });
+    // A job with its own network namespace (crest run --net) gets a new one, loopback up.
+    return new Helper('restore', [...(m.job.net ? ['--net'] : []), ...tasks], { detached: opts.detached });
   },
   async awaitHusks(helper) {
     const pids = new Map<number, number>();

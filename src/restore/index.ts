@@ -16,6 +16,7 @@ import { preflightFiles, restoreFileLocks } from '../kinds/files.js';
 import { verifyFile } from '../kinds/fileid.js';
 import { kind } from '../kinds/registry.js';
 import { SharedObjects } from '../kinds/objects.js';
+import { finishTcp } from '../kinds/fds/tcp.js';
 import { checkXfeatures } from '../kinds/registers.js';
 import { readMaps } from '../proc/index.js';
 import type { Helper, HelperExit } from '../jobs/supervise.js';
@@ -35,6 +36,8 @@ export interface RestoreOptions {
   mode?: PidModeName;
   /** cycle mode: give up reaching the PIDs after this long (default 30 s). */
   cycleTimeoutMs?: number;
+  /** Every TCP connection comes back closed (reset by its peer), even those the image could recreate. */
+  tcpClose?: boolean;
   onStage?: (name: string, ms: number) => void;
   /**
    * Arm the kernel's write tracking in every restored process before it
@@ -125,10 +128,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const proc of manifest.processes) {
       const main = mains.get(proc.pid);
       if (main === undefined) throw new CrestError('HELPER_FAILED', `the helper did not report a husk for pid ${proc.pid}`);
-      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, main, husks, held, warnings, unprivileged, objects, opts.trackPages ? trackers : null));
+      finish.push(await restoreProcess(runner, manifest, proc, opts.dir, main, husks, held, warnings, unprivileged, objects, opts.trackPages ? trackers : null, !!opts.tcpClose));
     }
     // Write tracking counts from the restored image: every page protected while nothing runs.
     if (trackers.length > 0) runner.run('track', () => protectRestored(trackers, { name: jobName, initPid, initStart }, manifest.checksum));
+    // TCP connections come out of repair mode only now: each one's peer exists (TCP_REPAIR, kinds/fds/tcp.ts).
+    runner.run('tcp', () => finishTcp(objects));
     // Registers go in only once every process is built: until then a husk
     // may still hand an object it made (a memfd ...) to a later one, and
     // each closes its copies of them from its scratch area, still mapped.
@@ -196,6 +201,7 @@ async function restoreProcess(
   unprivilegedMode: string | undefined,
   objects: SharedObjects,
   trackers: RestoredTracker[] | null,
+  tcpClose: boolean,
 ): Promise<() => void> {
   const tag = manifest.processes.length > 1 ? `:${proc.pid}` : '';
   const huskPid = t.tid;
@@ -213,6 +219,7 @@ async function restoreProcess(
     mem: null as unknown as ScratchAllocator,
     warnings,
     objects,
+    tcpClose,
     ...(unprivilegedMode ? { unprivilegedMode } : {}),
   };
   runner.run(`prepare${tag}`, () => prepareHusk(ctx));

@@ -67,6 +67,23 @@ export interface Native {
   pidfdOpen(pid: number, flags: number): number;
   /** flock(2): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8; EWOULDBLOCK (EAGAIN) when held elsewhere with LOCK_NB. */
   flock(fd: number, operation: number): void;
+  /** pidfd_getfd(2): a copy in crest of fd `targetfd` of the process behind `pidfd`. */
+  pidfdGetfd(pidfd: number, targetfd: number): number;
+  close(fd: number): void;
+  /** getsockopt(2) into `size` bytes; returns exactly the bytes the kernel filled. */
+  getsockopt(fd: number, level: number, name: number, size: number): Buffer;
+  setsockopt(fd: number, level: number, name: number, value: Buffer): void;
+  /** ioctl(2) with an int result (SIOCINQ, SIOCOUTQ, SIOCOUTQNSD). */
+  ioctlInt(fd: number, request: number): number;
+  /** ioctl(2) on a buffer read and written in place (struct ifreq, 40 bytes). */
+  ioctlBuffer(fd: number, request: number, arg: Buffer): void;
+  /** recv(2)/send(2) on buf[off, off+len); returns the bytes moved. */
+  recv(fd: number, buf: Buffer, off: number, len: number, flags: number): number;
+  send(fd: number, buf: Buffer, off: number, len: number, flags: number): number;
+  bind(fd: number, sockaddr: Buffer): void;
+  connect(fd: number, sockaddr: Buffer): void;
+  /** getsockname(2), or getpeername(2) with `peer`: the sockaddr bytes. */
+  sockName(fd: number, peer: boolean): Buffer;
   /** libzstd's version, or null when the addon was built without it (no libzstd-dev). */
   zstdVersion(): string | null;
   /** Compresses src[srcOff, +srcLen) into dst[dstOff, +dstLen) as one zstd frame; returns its size. */

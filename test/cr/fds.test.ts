@@ -204,7 +204,7 @@ describe('refusals leave the process running, untraced', () => {
 
   test('an established TCP connection', { timeout: TIMEOUT }, async () => {
     const job = await startJob(target('fd_inet'), { extra: ['established'] });
-    await checkRefused(job, /fd 1[56] \(TCP socket\): established TCP connection to 127\.0\.0\.1:\d+ .*needs `crest run --net` \(not yet supported\)/);
+    await checkRefused(job, /fd 1[56] \(TCP socket\): established TCP connection 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:\d+: it lives in a network namespace crest does not own.*`crest run --net`.*--tcp-close/);
   });
 });
 

@@ -7,9 +7,8 @@
 // and the connections waiting to be accepted (tcpi_unacked) of a listener.
 // Restore: socket, the options, bind to the same address and port, listen.
 //
-// Refused: established connections (they need the job's own network
-// namespace and TCP_REPAIR: `crest run --net`, not there yet), listeners with
-// connections waiting to be accepted, connected UDP sockets, UDP sockets with
+// Connections are ./tcp.ts's. Refused here: listeners with connections
+// waiting to be accepted, connected UDP sockets, UDP sockets with
 // datagrams queued (their senders' addresses cannot be recreated), sockets
 // bound to a device or a scoped (link-local) address, other families and
 // protocols.
@@ -107,8 +106,7 @@ export const inet: FdKind<'inet'> = {
     const local = hostPort(s.inet.local.address, s.inet.local.port);
     const remote = hostPort(s.inet.remote.address, s.inet.remote.port);
     if (s.table === 'tcp' || s.table === 'tcp6') {
-      if (s.inet.state === 1) throw refuse(`established TCP connection to ${remote} (from ${local}) needs \`crest run --net\` (not yet supported)`);
-      if (s.inet.state !== TCP_LISTEN) throw refuse(`TCP connection with ${remote} in state ${TCP_STATE[s.inet.state] ?? s.inet.state} cannot be recreated (it would need \`crest run --net\`, not yet supported)`);
+      if (s.inet.state !== TCP_LISTEN && s.inet.state !== TCP_CLOSE) throw refuse(`TCP socket ${local} with ${remote} in state ${TCP_STATE[s.inet.state] ?? s.inet.state} is not a listener`);
     } else if (s.inet.remote.port !== 0) {
       throw refuse(`UDP socket ${local} connected to ${remote} is not supported yet`);
     }
@@ -132,7 +130,7 @@ export const inet: FdKind<'inet'> = {
     if (peer.r === 0) {
       const remote = decodeSockaddr(peer.b);
       const to = hostPort(remote.address, remote.port);
-      if (tcp) throw refuse(kind, `established TCP connection to ${to} (from ${where}) needs \`crest run --net\` (not yet supported)`);
+      if (tcp) throw refuse(kind, `TCP connection ${where} -> ${to} is not listed in the process's network namespace, so crest cannot tell its state`);
       throw refuse(kind, `UDP socket ${where} connected to ${to} is not supported yet`);
     }
     if (peer.r !== -ENOTCONN) throw refuse(kind, `getpeername failed (errno ${-peer.r})`);
@@ -150,12 +148,12 @@ export const inet: FdKind<'inet'> = {
       if (st === TCP_LISTEN) {
         const waiting = ti.readUInt32LE(24);
         if (waiting > 0) {
-          throw refuse(kind, `TCP listener ${where} has ${waiting} connection${waiting > 1 ? 's' : ''} waiting to be accepted, which cannot be recreated (they need \`crest run --net\`, not yet supported)`);
+          throw refuse(kind, `TCP listener ${where} has ${waiting} connection${waiting > 1 ? 's' : ''} waiting to be accepted, which cannot be recreated yet; try again once the process has accepted ${waiting > 1 ? 'them' : 'it'}`);
         }
         state = 'listen';
         backlog = ti.readUInt32LE(28);
       } else if (st !== TCP_CLOSE) {
-        throw refuse(kind, `TCP socket ${where} in state ${TCP_STATE[st] ?? st} cannot be recreated (it would need \`crest run --net\`, not yet supported)`);
+        throw refuse(kind, `TCP socket ${where} in state ${TCP_STATE[st] ?? st} cannot be recreated (it is not listed in the process's network namespace)`);
       }
     } else {
       ctx.mem.reset();

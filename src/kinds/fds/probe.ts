@@ -181,7 +181,7 @@ const PROBES: [string, (ij: ProbeCtx) => string][] = [
       const backlog = ij.thread.readMem(info, 32).readUInt32LE(28);
       if (backlog !== 3) throw new Error(`TCP_INFO shows backlog ${backlog} for listen(3)`);
       getsockoptInt(ij, s, SOL_SOCKET, SO.REUSEADDR, 'SO_REUSEADDR');
-      return 'TCP listeners (backlog from TCP_INFO) and bound TCP/UDP sockets; established connections are refused (need `crest run --net`)';
+      return 'TCP listeners (backlog from TCP_INFO) and bound TCP/UDP sockets; established TCP connections in `crest run --net` jobs (see tcp_repair), elsewhere with --tcp-close (they come back reset)';
     },
   ],
   [

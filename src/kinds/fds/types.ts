@@ -11,7 +11,7 @@ import type { Stats } from 'node:fs';
 import type { FdInfo } from '../../proc/index.js';
 import type { SockInfo } from './procnet.js';
 import type { DataRef, FdImage, Manifest, OpenFileImage, ProcessImage } from '../../image/schema.js';
-import { unsupported, type DumpContext, type RestoreContext } from '../types.js';
+import { unsupported, type DumpContext, type RestoreContext, type TcpPolicy } from '../types.js';
 
 /** One fd of the process being dumped, as /proc shows it. */
 export interface FdProbe {
@@ -58,6 +58,7 @@ export interface FdCheckContext {
   hostPid: number;
   nsPid: number;
   initHostPid: number | null;
+  tcp: TcpPolicy;
   /** Every fd of the process, in fd order. */
   fds: readonly FdProbe[];
 }
