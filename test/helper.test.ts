@@ -166,9 +166,18 @@ describe('crest-helper', { timeout: TIMEOUT }, () => {
       assert.equal(innerPid(job), 2);
       assert.equal(ppid(job), init);
       assert.equal(ppid(init), h.child.pid);
-      // The job's own fds as seen from outside: just the stdio.
-      assert.deepEqual(readdirSync(`/proc/${job}/fd`).sort(), ['0', '1', '2']);
-      h.child.stdin!.end('\n');
+      // The job's own fds as seen from outside, once it runs the shell (the
+      // helper reports it started before its exec closes the fds it keeps
+      // close-on-exec): just the stdio.
+      let fdsOutside: string[] = [];
+      try {
+        const end = Date.now() + 10_000;
+        while (!/\/(?:da|ba)?sh$/.test(readlinkSync(`/proc/${job}/exe`)) && Date.now() < end) await new Promise((res) => setTimeout(res, 5));
+        fdsOutside = readdirSync(`/proc/${job}/fd`).sort();
+      } finally {
+        h.child.stdin!.end('\n');
+      }
+      assert.deepEqual(fdsOutside, ['0', '1', '2']);
       const r = await h.done;
       assert.equal(r.code, 0, r.stderr);
       assert.equal(r.ctl, `started ${init} ${job}\nexit 0\n`);

@@ -25,6 +25,7 @@ import {
   expectKilled,
   expectRunningUntraced,
   flipByte,
+  imageBytes,
   jobTargetPids,
   pagesFile,
   processAlive,
@@ -151,13 +152,14 @@ describe('dump refuses', () => {
     const job = await startJob('counter', { extra: ['512'] });
     const dir = tmpImageDir('killed');
     const p = spawnCrest(dumpArgs({ job: job.name, dir }));
-    // Kill it once it has the job in hand (traced), a little later.
+    // Kill it while it copies memory: the job is in its hands, and the
+    // injection windows are over (they all come before any memory is read;
+    // crest killed inside one leaves a thread at borrowed registers, see
+    // docs/security.md).
     const end = Date.now() + 30_000;
-    while (tracerPid(job.hostPid) === 0 && p.result === null && Date.now() < end) await sleep(2);
-    if (p.result) assert.fail(describeResult('crest dump ended before it traced the job', p.result));
-    assert.notEqual(tracerPid(job.hostPid), 0, 'crest dump never traced the job');
-    await sleep(60);
-    assert.equal(p.result, null, 'crest dump of 512 MiB finished within 60 ms: cannot kill it in the middle');
+    while (p.result === null && Date.now() < end && imageBytes(dir) < 4 << 20) await sleep(2);
+    if (p.result) assert.fail(describeResult('crest dump ended before it was copying memory', p.result));
+    assert.notEqual(tracerPid(job.hostPid), 0, 'crest dump is copying memory but does not trace the job');
     process.kill(p.pid, 'SIGKILL');
     const pr = await withTimeout(p.exited, 10_000, 'the killed crest dump');
     assert.equal(pr.signal, 'SIGKILL');
