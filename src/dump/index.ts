@@ -10,7 +10,7 @@ import { native } from '../sys/native.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, SIG, SYS } from '../sys/constants.js';
 import { readChildren, readMaps, readStat, readStatus, readTasks, type ProcStatus } from '../proc/index.js';
-import { Thread, awaitGroupStop, findSyscallInsn } from '../tracer/tracer.js';
+import { Thread, awaitGroupStop, findSyscallInsn, sleepMs } from '../tracer/tracer.js';
 import { ImageWriter } from '../image/writer.js';
 import { FORMAT_VERSION, IMAGE_MAGIC, type ProcessImage, type ThreadImage, type ZombieImage } from '../image/schema.js';
 import { planTree, type TreeNode } from '../restore/treeplan.js';
@@ -144,6 +144,15 @@ function hostTarget(pid: number, status: ProcStatus, record: JobRecord | null): 
   }
   record ??= listJobs().find((r) => r.initPid === status.ppid) ?? null;
   const members = [pid, ...treeMembers(pid).live];
+  checkHostTree(pid, members);
+  return { pid, members, zombies: [], initPid: null, record };
+}
+
+/**
+ * Outside a job: every descendant is the user's, and none is a zombie (a
+ * zombie is given back only in a job, whose init can hold it).
+ */
+function checkHostTree(pid: number, members: readonly number[]): void {
   const uid = process.getuid!();
   for (const m of members) {
     let st: ProcStatus;
@@ -167,17 +176,12 @@ function hostTarget(pid: number, status: ProcStatus, record: JobRecord | null): 
       }
     }
   }
-  return { pid, members, zombies: [], initPid: null, record };
 }
 
 /** Refusals that need only /proc (the process keeps running untouched). */
-function refuseUnsupported(pid: number, initPid: number | null, known: number[], tcp: TcpPolicy): void {
+function refuseUnsupported(pid: number, initPid: number | null, tcp: TcpPolicy): void {
   const status = readStatus(pid);
   const stat = readStat(pid);
-  const kids = readChildren(pid).filter((k) => !known.includes(k));
-  if (kids.length > 0) {
-    throw unsupported(pid, 'children', `it started child processes (${kids.join(', ')}) while being checked; try again`);
-  }
   if (status.tracerPid !== 0) {
     throw unsupported(pid, 'tracer', `it is already traced by pid ${status.tracerPid}`);
   }
@@ -210,9 +214,24 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
   // A job with its own network namespace (crest run --net) has its TCP connections repaired.
   const tcp: TcpPolicy = { ownNetns: ownNetns(target.initPid), close: !!opts.tcpClose };
   runner.run('check', () => {
-    const known = [...target.members, ...target.zombies];
-    for (const m of target.members) refuseUnsupported(m, target.initPid, known, tcp);
-    for (const z of target.zombies) refuseZombie(z);
+    // Processes the job starts meanwhile are checked when the freeze finds
+    // them; those that end meanwhile are left out (in a job).
+    for (const m of target.members) {
+      try {
+        refuseUnsupported(m, target.initPid, tcp);
+      } catch (e) {
+        if (target.initPid !== null && exitedMeanwhile(m, e)) continue;
+        throw e;
+      }
+    }
+    for (const z of target.zombies) {
+      try {
+        refuseZombie(z);
+      } catch (e) {
+        if (!processExists(z)) continue; // reaped meanwhile
+        throw e;
+      }
+    }
   });
   const writer = runner.run('open-image', () => ImageWriter.create(opts.dir, { force: !!opts.force }));
   const pidMode = target.initPid === null ? 'host' : 'userns';
@@ -232,18 +251,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
     // A job's processes are also tracked by the kernel (kinds/uffdwp.ts): its record keys the tracker state.
     const job = target.record ? { name: target.record.name, initPid: target.record.initPid, initStart: target.record.initStart } : null;
     const tracking = opts.pages ? runner.run('parent', () => openPageTracking(opts.pages!, opts.dir, job)) : undefined;
-    runner.run('freeze', () => {
-      for (const m of target.members) frozen.set(m, freeze(m));
-      // A process created (or exited) while we froze the tree would be missed: look again.
-      if (target.initPid === null) {
-        const extra = treeMembers(target.pid).live.filter((m) => !frozen.has(m));
-        if (extra.length > 0) throw unsupported(extra[0]!, 'process tree', 'a process was created while the tree was being frozen; try again');
-        return;
-      }
-      const again = treeMembers(target.initPid);
-      const changed = again.live.find((m) => !frozen.has(m)) ?? again.zombies.find((z) => !target.zombies.includes(z));
-      if (changed !== undefined) throw unsupported(changed, 'process tree', 'a process was created or exited while the tree was being frozen; try again');
-    });
+    runner.run('freeze', () => freezeTree(target, frozen, tcp));
     // Frozen processes, but a live network: stop it so that every connection is read at one moment.
     if (tcp.ownNetns) netLock = runner.run('net-lock', () => lockNetwork(target.members));
     const contexts = target.members.map((m) => newContext(m, frozen.get(m)!, target, writer, warnings, tcp));
@@ -290,7 +298,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
           arch: 'x86_64',
           pageSize: 4096,
           hostname: hostname(),
-          vdso: [...vdsoSizes(pid)].map(([kind, size]) => ({ kind: kind as 'vdso' | 'vvar' | 'vvar_vclock', size })),
+          vdso: [...vdsoSizes(target.pid)].map(([kind, size]) => ({ kind: kind as 'vdso' | 'vvar' | 'vvar_vclock', size })),
         },
         job: { name: target.record?.name ?? null, pidMode, uid: process.getuid!(), gid: process.getgid!(), ...(tcp.ownNetns ? { net: true } : {}) },
         ...(parentRef(tracking ?? null) ? { parent: parentRef(tracking ?? null) } : {}),
@@ -338,7 +346,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
     return {
       dir: opts.dir,
       jobName: target.record?.name ?? null,
-      pid,
+      pid: target.pid,
       nsPid: procs[0]!.pid,
       processes: procs.length,
       pidMode,
@@ -401,7 +409,15 @@ function treeMembers(initPid: number): { live: number[]; zombies: number[] } {
   const live: number[] = [];
   const zombies: number[] = [];
   const walk = (p: number): void => {
-    for (const c of readChildren(p)) {
+    let kids: number[];
+    try {
+      kids = readChildren(p);
+    } catch (e) {
+      // It exited while we looked (its children go to a reaper: the next walk finds them there).
+      if (p !== initPid && e instanceof CrestError && e.code === 'PROC_GONE') return;
+      throw e;
+    }
+    for (const c of kids) {
       let state: string;
       try {
         state = readStatus(c).state;
@@ -469,6 +485,78 @@ function nsTid(hostTid: number): number {
  * caught by listing the tasks again until a listing brings nothing new (a
  * frozen thread cannot create more).
  */
+/**
+ * Freezes the whole tree and settles what it is. A job goes on living while
+ * it is frozen one process at a time: a build starts compilers, a shell its
+ * commands, and some of them exit. So the tree is walked again and again,
+ * each process not yet frozen checked (still running and untouched) and
+ * frozen, one that exited before it could be frozen left out, until a walk
+ * finds nothing new: every process is frozen then, none can fork or exit,
+ * and the members and zombies found by that last walk are the image's.
+ * Outside a job the top process must stay; inside one, any may go (the
+ * first one left is then the image's main process).
+ */
+function freezeTree(target: Target, frozen: Map<number, Thread[]>, tcp: TcpPolicy): void {
+  const walk = (): { live: number[]; zombies: number[] } =>
+    target.initPid === null ? { live: [target.pid, ...treeMembers(target.pid).live], zombies: [] } : treeMembers(target.initPid);
+  for (let round = 0; ; round++) {
+    if (round > 200) throw unsupported(target.pid, 'process tree', 'it keeps creating processes faster than they can be frozen; try again');
+    const now = walk();
+    let changed = false;
+    for (const m of now.live) {
+      if (frozen.has(m)) continue;
+      changed = true;
+      try {
+        if (!target.members.includes(m)) refuseUnsupported(m, target.initPid, tcp);
+        frozen.set(m, freeze(m));
+      } catch (e) {
+        if (m !== (target.initPid === null ? target.pid : -1) && exitedMeanwhile(m, e)) continue;
+        throw e;
+      }
+    }
+    if (changed) continue;
+    // Frozen processes that exited anyway (killed from outside) are not the tree's any more.
+    for (const [m, threads] of frozen) {
+      if (now.live.includes(m)) continue;
+      for (const th of threads) th.markDetached();
+      frozen.delete(m);
+    }
+    if (target.initPid === null) checkHostTree(target.pid, now.live);
+    else for (const z of now.zombies) if (!target.zombies.includes(z)) refuseZombie(z);
+    if (now.live.length === 0) throw new CrestError('NO_SUCH_PROCESS', 'every process of the job exited while it was being frozen');
+    target.members = now.live;
+    target.zombies = now.zombies;
+    target.pid = now.live[0]!;
+    return;
+  }
+}
+
+/**
+ * Whether `pid` failing to be checked or frozen with `e` is just its exit.
+ * An exiting process is not a zombie at once: it has let go of its memory
+ * (its /proc/PID/exe reads ENOENT) a moment before; such a failure waits
+ * (briefly) to see it become one.
+ */
+function exitedMeanwhile(pid: number, e: unknown): boolean {
+  const ended = (): boolean => {
+    try {
+      const state = readStatus(pid).state;
+      return state === 'Z' || state === 'X';
+    } catch {
+      return true;
+    }
+  };
+  if (ended()) return true;
+  if (e instanceof CrestError && (e.code === 'NO_SUCH_PROCESS' || e.code === 'PROCESS_VANISHED')) return true;
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (code !== 'ENOENT' && code !== 'ESRCH' && code !== 'PROC_GONE') return false;
+  for (let i = 0; i < 100; i++) {
+    sleepMs(2);
+    if (ended()) return true;
+  }
+  return false;
+}
+
 function freeze(pid: number): Thread[] {
   const threads = new Map<number, Thread>();
   try {

@@ -18,6 +18,7 @@ import {
   describeResult,
   dump,
   processAlive,
+  readManifest,
   cmdline,
   registerCleanup,
   sleep,
@@ -433,4 +434,89 @@ test('sqlite3 (command-line program): checkpointed busy in a query inside its tr
   const script = path.join(w, 'txn.sql');
   fs.writeFileSync(script, sqliteCliScript(w));
   await sqliteRoundTrip('sqlite-cli', w, ['sqlite3', '-bail', path.join(w, 'test.db'), `.read ${script}`]);
+});
+
+// ---------------------------------------------------------------- programs that keep starting processes
+
+/** How many processes an image holds, zombies included. */
+function imageProcesses(img: string): number {
+  const m = readManifest(img);
+  return (m['processes'] as unknown[]).length + ((m['zombies'] as unknown[] | undefined)?.length ?? 0);
+}
+
+/**
+ * A job that starts and ends processes all the time is checkpointed on the
+ * first try (the freeze walks the tree until nothing new appears), whatever
+ * moment it catches: here three checkpoints while it runs, then one that
+ * stops it, then a restore; the job's own arithmetic proves it went on
+ * from where it was.
+ */
+async function churningJob(label: string, argv: string[], w: string, progress: () => number, expect: RegExp, minProgress: number): Promise<void> {
+  const name = uniqueName(label);
+  const run = spawnCrest(['run', '--name', name, '--', ...argv]);
+  const end = Date.now() + START_MS;
+  while (progress() < minProgress && run.result === null && Date.now() < end) await sleep(20);
+  assert.ok(progress() >= minProgress, `${label} did not get going under crest run: ${run.stderr()}`);
+  let most = 0;
+  for (let i = 0; i < 3; i++) {
+    const img = tmpImageDir(`${label}-live${i}`);
+    assertOk(await dump({ job: name, dir: img, leaveRunning: true, timeoutMs: 120_000 }), `checkpoint ${i} of ${label}, left running`);
+    most = Math.max(most, imageProcesses(img));
+    await sleep(150);
+  }
+  const img = tmpImageDir(`${label}-stop`);
+  assertOk(await dump({ job: name, dir: img, timeoutMs: 120_000 }), `checkpoint of ${label} that stops it`);
+  most = Math.max(most, imageProcesses(img));
+  const r = await withTimeout(run.exited, 60_000, `crest run of ${label} after its dump`);
+  assert.equal(r.code, 75, describeResult(`crest run of ${label} after the dump (expected exit 75)`, r));
+  const at = progress();
+  assert.ok(most >= 2, `no checkpoint of ${label} caught one of its children (at most ${most} process): the test proves nothing`);
+  const rs = spawnCrest(['restore', '-D', img]);
+  const fin = await withTimeout(rs.exited, 180_000, `crest restore of ${label} running to its end`);
+  assert.equal(fin.code, 0, describeResult(`crest restore of ${label}`, fin));
+  assert.ok(progress() > at, `${label} made no progress after restore`);
+  const result = fs.readFileSync(path.join(w, 'result'), 'utf8');
+  assert.match(result, expect, `${label}'s result`);
+}
+
+test('a shell loop forking a command per step (command substitution): checkpointed while it forks, restored, the right sum', { timeout: TIMEOUT }, async () => {
+  const w = tmpWorkDir('shloop');
+  const n = 6000;
+  let sum = 0;
+  for (let i = 1; i <= n; i++) sum += i % 7;
+  const script = [
+    's=0; i=0',
+    `while [ $i -lt ${n} ]; do i=$((i+1)); v=$(expr $i % 7); s=$((s+v)); [ $((i % 50)) -eq 0 ] && echo "$i $s" >> "$1/progress"; done`,
+    'echo "SUM $s" > "$1/result.tmp"; mv "$1/result.tmp" "$1/result"',
+  ].join('\n');
+  const progress = (): number => {
+    try {
+      return fs.readFileSync(path.join(w, 'progress'), 'utf8').split('\n').length - 1;
+    } catch {
+      return 0;
+    }
+  };
+  await churningJob('shloop', ['/bin/sh', '-c', script, 'sh', w], w, progress, new RegExp(`^SUM ${sum}\\n$`), 3);
+});
+
+test('make -j3 building objects with gcc: checkpointed while it runs its workers, restored, the build completes', { timeout: TIMEOUT }, async () => {
+  const w = tmpWorkDir('make');
+  const n = 60;
+  for (let i = 1; i <= n; i++) fs.writeFileSync(path.join(w, `f${i}.c`), `int f${i}(int x) { int s = 0; for (int i = 0; i < x; i++) s += i * ${i}; return s; }\n`);
+  fs.writeFileSync(
+    path.join(w, 'Makefile'),
+    [
+      'OBJS = $(patsubst %.c,%.o,$(wildcard f*.c))',
+      'result: lib.a',
+      '\tar t lib.a | sort | tr "\\n" " " > result.tmp && mv result.tmp result',
+      '%.o: %.c',
+      '\tsleep 0.2; gcc -O1 -c $< -o $@',
+      'lib.a: $(OBJS)',
+      '\tar rcs $@ $^',
+      '',
+    ].join('\n'),
+  );
+  const progress = (): number => fs.readdirSync(w).filter((f) => f.endsWith('.o')).length;
+  const names = Array.from({ length: n }, (_, i) => `f${i + 1}.o`).sort();
+  await churningJob('make', ['make', '-s', '-C', w, '-j3', 'result'], w, progress, new RegExp(`^${names.join(' ')} $`), 2);
 });
