@@ -106,7 +106,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const choice = choosePidMode(manifest, opts.mode);
   await runner.runAsync('pids', () => choice.mode.preflight(manifest));
   if (opts.name !== undefined) checkJobName(opts.name);
-  const jobName = opts.name ?? freeJobName(manifest.job.name ?? 'job');
+  const jobName = opts.name ?? freeJobName(manifest.job.name ?? nameFromComm(manifest.processes[0]?.comm));
   const spawnOpts = { detached: !!opts.detach, cycleTimeoutMs: opts.cycleTimeoutMs };
   const helper = runner.run('spawn', () => choice.mode.spawn(manifest, spawnOpts));
   // Every thread of every husk we hold: killed together on failure, let go together on success.
@@ -377,4 +377,10 @@ function prepareHusk(ctx: RestoreContext): void {
   ctx.scratch = at;
   ctx.mem = new ScratchAllocator(t, at, SCRATCH_SIZE);
   checkXfeatures(ctx);
+}
+
+/** A job name from a process's command name (a job dumped outside any job has none): its name characters, else "job". */
+function nameFromComm(comm: string | undefined): string {
+  const name = (comm ?? '').replace(/[^A-Za-z0-9._-]/g, '').replace(/^[._-]+/, '');
+  return name.length > 0 ? name.slice(0, 60) : 'job';
 }
