@@ -510,9 +510,9 @@ function queueRoom(len: number, piece: number): number {
 }
 
 /**
- * The send queue's room: it is written in two calls (finishTcp), each cut
- * into skbs of the kernel's size goal, at least one MSS, and the MSS at
- * most half the largest window the peer offered (tcp_bound_to_half_wnd).
+ * The send queue's room. It is written in two calls (finishTcp), each cut
+ * into skbs of the kernel's size goal: at least one MSS, or half the
+ * largest window the peer offered when that is less (tcp_bound_to_half_wnd).
  */
 function sendRoom(r: Repair): number {
   const halfWindow = r.window.maxWindow >>> 1;
@@ -632,7 +632,7 @@ export function finishTcp(objects: SharedObjects): void {
       if (sent > 0) {
         s.queue(TCP_SEND_QUEUE);
         const got = s.send(data.subarray(0, sent), 'refilling the send queue');
-        if (got !== sent) throw new CrestError('TCP_REPAIR', `${what}: the send queue took ${got} of the ${sent} bytes sent before the checkpoint`);
+        if (got !== sent) throw new CrestError('TCP_REPAIR', `${what}: the send queue took ${got} of the ${sent} bytes its peer may hold`);
       }
       s.queue(TCP_NO_QUEUE);
       s.repair(false);
