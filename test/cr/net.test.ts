@@ -156,6 +156,20 @@ describe('crest run --net: established connections repaired', () => {
     });
   }
 
+  test('small writes: send queues filled to their buffer\'s limit come back whole', { timeout: TIMEOUT }, async () => {
+    // The same bytes requeued at restore take more socket memory than the
+    // image's SO_SNDBUF leaves room for: restore must size the buffer for them.
+    const job = await startNetJob((w) => targetArgv(target('net_stream'), w, ['4', String(8 << 20), '4096']), { label: 'net_small' });
+    const img = tmpImageDir('net-small');
+    assertOk(await dump({ job: job.name, dir: img }), `crest dump of ${job.name}`);
+    await expectStopped(job);
+    const conns = tcpEntries(img);
+    assert.equal(conns.length, 2, JSON.stringify(conns));
+    for (const c of conns) assert.ok(c.repair && c.repair.recvLen > 0 && c.repair.unsentLen > 0, JSON.stringify(c.repair));
+    createGo(job.workDir);
+    assertPass(await restore(img), target('net_stream'), 'crest restore of net_stream with 4 KiB writes');
+  });
+
   test('checkpointed and left running, checkpointed again, restored, the restored job checkpointed and restored again', { timeout: TIMEOUT }, async () => {
     const job = await startNetJob((w) => targetArgv(target('net_stream'), w, ['4']), { label: 'net_again' });
     // --leave-running: the network comes back (loopback up) and the job runs on untouched.

@@ -7,11 +7,13 @@
  * (`crest run --net`) is meant; the listener stays open beside the accepted
  * connection (same port).
  *
- *   net_stream W [4|6] [BYTES]
+ *   net_stream W [4|6] [BYTES] [CHUNK]
  *
- * After "go" each side writes the rest of its stream (BYTES in all, default
- * 8 MiB), reads the whole of the peer's and checks every byte against the
- * generator, then shuts its side down and expects the peer's end of stream.
+ * Each write is CHUNK bytes at most (default 65536; small writes fill the
+ * send buffer closer to its limit). After "go" each side writes the rest of
+ * its stream (BYTES in all, default 8 MiB), reads the whole of the peer's
+ * and checks every byte against the generator, then shuts its side down and
+ * expects the peer's end of stream.
  * The child reports its verdict in W/child-verdict and its exit status.
  *
  * Checks: stream (every byte the peer sent, in order), total (bytes
@@ -37,6 +39,7 @@ static const char *const KEYS[] = {"stream", "total", "addr", "eof", "child", NU
 
 static int g_family = 4;
 static uint64_t g_total = 8u << 20;
+static size_t g_chunk = 65536;
 
 /* The byte stream of one side: xorshift64 bytes from a fixed seed. */
 struct gen {
@@ -94,7 +97,7 @@ static int pump_out(struct side *s)
 {
     while (s->sent < g_total) {
         if (s->pend_off == s->pend_len) {
-            size_t n = sizeof s->pending;
+            size_t n = g_chunk;
             if (n > g_total - s->sent) n = (size_t)(g_total - s->sent);
             fill(&s->out, s->pending, n);
             s->pend_off = 0;
@@ -219,6 +222,8 @@ int main(int argc, char **argv)
     target_init(argc, argv, KEYS);
     if (argc >= 3) g_family = atoi(argv[2]);
     if (argc >= 4) g_total = strtoull(argv[3], NULL, 0);
+    if (argc >= 5) g_chunk = strtoul(argv[4], NULL, 0);
+    if (g_chunk == 0 || g_chunk > sizeof ((struct side *)0)->pending) die("CHUNK must be 1 to 65536");
     if (g_family != 4 && g_family != 6) die("family must be 4 or 6");
 
     int lis = socket(g_family == 4 ? AF_INET : AF_INET6, SOCK_STREAM, 0);
