@@ -72,6 +72,7 @@
 import { openSync, readSync, closeSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { O } from '../../sys/constants.js';
+import { faultArg, stall } from '../../fault.js';
 import { CrestError, isErrno } from '../../sys/errors.js';
 import { native } from '../../sys/native.js';
 import type { DataRef } from '../../image/schema.js';
@@ -286,6 +287,9 @@ function readRepair(s: HeldSocket): { repair: Repair; recv: Buffer; send: Buffer
       s.queue(TCP_SEND_QUEUE);
       const send = s.peek(before.outq, 'reading the send queue');
       s.queue(TCP_NO_QUEUE);
+      // Tests: a read long enough for TCP's timers to act in it.
+      const slow = faultArg('stall-in-tcp-read');
+      if (slow !== null) stall(Number(slow) || 5000);
       const after = readSeqs(s);
       seen.push(before, after);
       if (sameMoment(before, after)) read = { before, after, recv, send };
