@@ -156,6 +156,41 @@ describe('crest run --net: established connections repaired', () => {
     });
   }
 
+  test('small writes: send queues filled to their buffer\'s limit come back whole', { timeout: TIMEOUT }, async () => {
+    // The same bytes requeued at restore take more socket memory than the
+    // image's SO_SNDBUF leaves room for: restore must size the buffer for them.
+    const job = await startNetJob((w) => targetArgv(target('net_stream'), w, ['4', String(8 << 20), '4096']), { label: 'net_small' });
+    const img = tmpImageDir('net-small');
+    assertOk(await dump({ job: job.name, dir: img }), `crest dump of ${job.name}`);
+    await expectStopped(job);
+    const conns = tcpEntries(img);
+    assert.equal(conns.length, 2, JSON.stringify(conns));
+    for (const c of conns) assert.ok(c.repair && c.repair.recvLen > 0 && c.repair.unsentLen > 0, JSON.stringify(c.repair));
+    createGo(job.workDir);
+    assertPass(await restore(img), target('net_stream'), 'crest restore of net_stream with 4 KiB writes');
+  });
+
+  test('TCP\'s persist timer sends while a connection is read (loopback down): the checkpoint is taken all the same, every byte comes back', { timeout: TIMEOUT }, async () => {
+    // Clamped receive windows: each side faces a window smaller than its MSS
+    // and sends a window's worth whenever its persist timer fires. Each read
+    // is stretched to 3 s (a fault point), three dumps: in most runs the
+    // timer fires inside a read and bytes go from unsent to sent under
+    // crest's eyes (kinds/fds/tcp.ts), which once failed the dump.
+    const job = await startNetJob((w) => targetArgv(target('net_stream'), w, ['4', String(8 << 20), '65536', '16384']), { label: 'net_persist' });
+    const env = cleanEnv({ CREST_FAULT: 'stall-in-tcp-read:3000' });
+    for (const i of [1, 2]) {
+      const keep = tmpImageDir(`net-persist-keep${i}`);
+      assertOk(await crest(['dump', '--job', job.name, '-D', keep, '--leave-running'], { timeoutMs: 120_000, env }), `crest dump --leave-running #${i}`);
+      await expectRunningUntraced(job.hostPid, `after dump --leave-running #${i}`);
+    }
+    const img = tmpImageDir('net-persist');
+    assertOk(await crest(['dump', '--job', job.name, '-D', img], { timeoutMs: 120_000, env }), `crest dump of ${job.name}`);
+    await expectStopped(job);
+    assert.equal(tcpEntries(img).filter((c) => c.mode === 'repair').length, 2);
+    createGo(job.workDir);
+    assertPass(await restore(img), target('net_stream'), 'crest restore of net_stream with clamped windows');
+  });
+
   test('checkpointed and left running, checkpointed again, restored, the restored job checkpointed and restored again', { timeout: TIMEOUT }, async () => {
     const job = await startNetJob((w) => targetArgv(target('net_stream'), w, ['4']), { label: 'net_again' });
     // --leave-running: the network comes back (loopback up) and the job runs on untouched.

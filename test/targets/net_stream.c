@@ -7,11 +7,16 @@
  * (`crest run --net`) is meant; the listener stays open beside the accepted
  * connection (same port).
  *
- *   net_stream W [4|6] [BYTES]
+ *   net_stream W [4|6] [BYTES] [CHUNK] [CLAMP]
  *
- * After "go" each side writes the rest of its stream (BYTES in all, default
- * 8 MiB), reads the whole of the peer's and checks every byte against the
- * generator, then shuts its side down and expects the peer's end of stream.
+ * Each write is CHUNK bytes at most (default 65536; small writes fill the
+ * send buffer closer to its limit). CLAMP (bytes, default none) clamps each
+ * side's receive window (TCP_WINDOW_CLAMP) until "go": the peer then faces
+ * a window smaller than its MSS and sends only when its persist timer
+ * fires, a window's worth at a time (the window is unclamped after "go"). After "go" each side writes the rest of
+ * its stream (BYTES in all, default 8 MiB), reads the whole of the peer's
+ * and checks every byte against the generator, then shuts its side down and
+ * expects the peer's end of stream.
  * The child reports its verdict in W/child-verdict and its exit status.
  *
  * Checks: stream (every byte the peer sent, in order), total (bytes
@@ -37,6 +42,8 @@ static const char *const KEYS[] = {"stream", "total", "addr", "eof", "child", NU
 
 static int g_family = 4;
 static uint64_t g_total = 8u << 20;
+static size_t g_chunk = 65536;
+static int g_clamp;
 
 /* The byte stream of one side: xorshift64 bytes from a fixed seed. */
 struct gen {
@@ -94,7 +101,7 @@ static int pump_out(struct side *s)
 {
     while (s->sent < g_total) {
         if (s->pend_off == s->pend_len) {
-            size_t n = sizeof s->pending;
+            size_t n = g_chunk;
             if (n > g_total - s->sent) n = (size_t)(g_total - s->sent);
             fill(&s->out, s->pending, n);
             s->pend_off = 0;
@@ -156,6 +163,7 @@ static void prime(struct side *s)
     set_nonblock(s->fd);
     int one = 1;
     if (setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) DIE_ERRNO("TCP_NODELAY");
+    if (g_clamp && setsockopt(s->fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &g_clamp, sizeof g_clamp) < 0) DIE_ERRNO("TCP_WINDOW_CLAMP");
     s->local_len = sizeof s->local;
     s->peer_len = sizeof s->peer;
     if (getsockname(s->fd, (struct sockaddr *)&s->local, &s->local_len) < 0) DIE_ERRNO("getsockname");
@@ -172,6 +180,8 @@ static void prime(struct side *s)
 /* After go: finish both directions, then end of stream both ways. */
 static void run_to_end(struct side *s)
 {
+    int wide = 64 << 20;
+    if (g_clamp && setsockopt(s->fd, IPPROTO_TCP, TCP_WINDOW_CLAMP, &wide, sizeof wide) < 0) DIE_ERRNO("TCP_WINDOW_CLAMP");
     if (sabotage("stream")) s->in.state ^= 1;
     if (sabotage("addr")) ((struct sockaddr_in *)&s->peer)->sin_port ^= 1;
     struct sockaddr_storage l, p;
@@ -219,6 +229,9 @@ int main(int argc, char **argv)
     target_init(argc, argv, KEYS);
     if (argc >= 3) g_family = atoi(argv[2]);
     if (argc >= 4) g_total = strtoull(argv[3], NULL, 0);
+    if (argc >= 5) g_chunk = strtoul(argv[4], NULL, 0);
+    if (g_chunk == 0 || g_chunk > sizeof ((struct side *)0)->pending) die("CHUNK must be 1 to 65536");
+    if (argc >= 6) g_clamp = atoi(argv[5]);
     if (g_family != 4 && g_family != 6) die("family must be 4 or 6");
 
     int lis = socket(g_family == 4 ? AF_INET : AF_INET6, SOCK_STREAM, 0);

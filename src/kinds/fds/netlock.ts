@@ -8,7 +8,9 @@
 // (SIOCSIFFLAGS on a socket of the namespace, taken with pidfd_getfd; crest
 // holds CAP_NET_ADMIN over the namespace, its euid owns the job's user
 // namespace) and up again when the job runs on. What is sent meanwhile is
-// dropped and resent by TCP's retransmission timer.
+// dropped and resent by TCP's retransmission timer. Nothing arrives any
+// more, but TCP's timers still send (and so move snd_nxt): ./tcp.ts says
+// what a read can rely on.
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { CrestError } from '../../sys/errors.js';
 import { native } from '../../sys/native.js';

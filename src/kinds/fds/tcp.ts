@@ -11,17 +11,54 @@
 // repair mode: the send queue from the first unacknowledged byte, the
 // receive queue from the first unread one), the negotiated options (MSS,
 // window scales, SACK, timestamps), the window (TCP_REPAIR_WINDOW) and the
-// timestamp clock (TCP_TIMESTAMP). The job's loopback is down meanwhile
-// (./netlock.ts), so every connection of the job is read at one moment.
+// timestamp clock (TCP_TIMESTAMP).
+//
+// What still moves while it is read (Linux 6.18: net/ipv4/tcp_output.c,
+// tcp_timer.c, and measured on our machines). The processes are frozen and
+// the job's loopback is down (./netlock.ts): nothing arrives any more, so
+// snd_una, rcv_nxt and the receive queue stay put; nobody writes, so
+// write_seq and the bytes of the send queue stay put. TCP's timers run on,
+// though. Facing a window smaller than one MSS (the peer's receive buffer
+// nearly full), the persist timer (tcp_probe_timer -> tcp_send_probe0 ->
+// tcp_write_wakeup) cuts a window's worth off the unsent data and sends it:
+// the device is down, the segment is lost, yet tcp_event_new_data_sent
+// moves snd_nxt on (measured: 15360 bytes went from unsent to sent about
+// 100 ms after loopback went down; the retransmission timer then resends
+// them in vain). The loss probe and TSQ paths (tcp_send_loss_probe,
+// tcp_tsq_write) call tcp_write_xmit, which can do the same. TCP_REPAIR
+// stops none of it (the same with every socket of the job in repair mode,
+// with or without a queue selected); with the send queue selected
+// (TCP_REPAIR_QUEUE), tcp_write_xmit even takes the whole unsent part as
+// sent without transmitting it. So a read is one moment when write_seq,
+// snd_una, rcv_nxt and both queue lengths are the same before and after
+// it, whatever snd_nxt did: the split of the send queue between sent and
+// unsent is recorded as last seen (every byte the peer may hold counts as
+// sent then: the peer's rcv_nxt cannot pass our snd_nxt) and decided again
+// at restore. The send queue is selected only around its peek, which runs
+// under the socket lock and so reads the queue whole at one moment.
+//
 // Restore, in two steps:
 //   1. in the husk's files stage: a socket in repair mode (crest again, on
 //      its copy): sequence numbers, bind, connect (no SYN in repair mode),
 //      options, timestamp clock, the receive queue, the window;
-//   2. once every process of the job is built (finishTcp): the send queue's
-//      sent part in repair mode, repair off, its unsent part sent normally.
-//      Only then: a connection's peer must exist before it may send
-//      anything (a segment to a port nobody holds is answered with a reset),
-//      and a send queue in repair mode starts the retransmission timer.
+//   2. once every process of the job is built (finishTcp): the send queue,
+//      its part the peer may hold in repair mode (queued as sent: the peer
+//      may acknowledge it, the retransmission timer resends it), repair
+//      off, the rest sent the ordinary way (out at once). When the peer's
+//      end is in the image too, the part it may hold is exactly up to its
+//      rcv_nxt; otherwise it is what was sent at the checkpoint. Only now:
+//      a connection's peer must exist before it may send anything (a
+//      segment to a port nobody holds is answered with a reset).
+// Both queues must fit their socket's buffer whole, or the restore fails.
+// A queue takes more socket memory (skb truesize) than its bytes, and how
+// much more depends on how it was cut into skbs: the image's SO_SNDBUF, full
+// at the checkpoint, can be a few KiB short for the same bytes requeued.
+// SO_SNDBUF cannot make room (capped at net.core.wmem_max, which the owner
+// of a network namespace may not write, and it locks autotuning), but the
+// namespace's own tcp_wmem/tcp_rmem defaults, which a new socket starts
+// from, are writable by their owner: they are raised to what the queues
+// need (bytes plus a bound on the per-skb overhead) while the socket is
+// made.
 //
 // closed (`--tcp-close`): the process gets back a TCP socket whose peer
 // reset the connection: recv gives ECONNRESET, then 0; poll reports it
@@ -35,6 +72,7 @@
 import { openSync, readSync, closeSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { O } from '../../sys/constants.js';
+import { faultArg, stall } from '../../fault.js';
 import { CrestError, isErrno } from '../../sys/errors.js';
 import { native } from '../../sys/native.js';
 import type { DataRef } from '../../image/schema.js';
@@ -58,6 +96,7 @@ const TCP_QUEUE_SEQ = 21;
 const TCP_REPAIR_OPTIONS = 22;
 const TCP_TIMESTAMP = 24;
 const TCP_REPAIR_WINDOW = 29;
+const TCP_NO_QUEUE = 0;
 const TCP_RECV_QUEUE = 1;
 const TCP_SEND_QUEUE = 2;
 const TCPOPT_MSS = 2;
@@ -160,7 +199,7 @@ class HeldSocket {
   }
 
   queue(q: number): void {
-    this.setInt(IPPROTO_TCP, TCP_REPAIR_QUEUE, q, `TCP_REPAIR_QUEUE ${q === TCP_SEND_QUEUE ? 'send' : 'receive'}`);
+    this.setInt(IPPROTO_TCP, TCP_REPAIR_QUEUE, q, `TCP_REPAIR_QUEUE ${['none', 'receive', 'send'][q] ?? q}`);
   }
 
   /** The whole queue selected with queue(), read without consuming it (repair mode). */
@@ -203,6 +242,34 @@ class HeldSocket {
   }
 }
 
+/** Sequence numbers and queue lengths of a connection in repair mode. */
+interface Seqs {
+  /** write_seq: one past the last byte the process wrote. */
+  write: number;
+  rcvNxt: number;
+  /** Send queue (write_seq - snd_una), its unsent part (write_seq - snd_nxt), receive queue. */
+  outq: number;
+  unsent: number;
+  inq: number;
+}
+
+function readSeqs(s: HeldSocket): Seqs {
+  s.queue(TCP_SEND_QUEUE);
+  const write = s.get(IPPROTO_TCP, TCP_QUEUE_SEQ, 4, 'TCP_QUEUE_SEQ (send)').readUInt32LE(0);
+  s.queue(TCP_RECV_QUEUE);
+  const rcvNxt = s.get(IPPROTO_TCP, TCP_QUEUE_SEQ, 4, 'TCP_QUEUE_SEQ (receive)').readUInt32LE(0);
+  s.queue(TCP_NO_QUEUE);
+  return { write, rcvNxt, outq: s.ioctl(SIOCOUTQ, 'SIOCOUTQ'), unsent: s.ioctl(SIOCOUTQNSD, 'SIOCOUTQNSD'), inq: s.ioctl(SIOCINQ, 'SIOCINQ') };
+}
+
+/** Whether nothing but snd_nxt moved between two reads (see the top of this file). */
+function sameMoment(a: Seqs, b: Seqs): boolean {
+  return a.write === b.write && a.rcvNxt === b.rcvNxt && a.outq === b.outq && a.inq === b.inq;
+}
+
+/** Reads of a connection before crest gives up on it: a change means a segment still arrived (see ./netlock.ts). */
+const READ_TRIES = 3;
+
 /** The repair state of an ESTABLISHED connection, read on crest's copy, and its queues. */
 function readRepair(s: HeldSocket): { repair: Repair; recv: Buffer; send: Buffer } {
   // Options first, outside repair mode: TCP_INFO's view of the negotiated options.
@@ -211,22 +278,24 @@ function readRepair(s: HeldSocket): { repair: Repair; recv: Buffer; send: Buffer
   const scales = info.readUInt8(6);
   s.repair(true);
   try {
-    const seqs = (): { write: number; rcvNxt: number; outq: number; unsent: number; inq: number } => {
-      s.queue(TCP_SEND_QUEUE);
-      const write = s.get(IPPROTO_TCP, TCP_QUEUE_SEQ, 4, 'TCP_QUEUE_SEQ (send)').readUInt32LE(0);
+    let read: { before: Seqs; after: Seqs; recv: Buffer; send: Buffer } | null = null;
+    const seen: Seqs[] = [];
+    for (let i = 0; i < READ_TRIES && !read; i++) {
+      const before = readSeqs(s);
       s.queue(TCP_RECV_QUEUE);
-      const rcvNxt = s.get(IPPROTO_TCP, TCP_QUEUE_SEQ, 4, 'TCP_QUEUE_SEQ (receive)').readUInt32LE(0);
-      return { write, rcvNxt, outq: s.ioctl(SIOCOUTQ, 'SIOCOUTQ'), unsent: s.ioctl(SIOCOUTQNSD, 'SIOCOUTQNSD'), inq: s.ioctl(SIOCINQ, 'SIOCINQ') };
-    };
-    const before = seqs();
-    const recv = s.peek(before.inq, 'reading the receive queue');
-    s.queue(TCP_SEND_QUEUE);
-    const send = s.peek(before.outq, 'reading the send queue');
-    const after = seqs();
-    // The network is locked and the processes frozen: nothing may move. Should it, the image would not be one moment.
-    if (JSON.stringify(before) !== JSON.stringify(after)) {
-      throw new CrestError('TCP_REPAIR', `the connection moved while it was read (${JSON.stringify(before)} then ${JSON.stringify(after)})`);
+      const recv = s.peek(before.inq, 'reading the receive queue');
+      s.queue(TCP_SEND_QUEUE);
+      const send = s.peek(before.outq, 'reading the send queue');
+      s.queue(TCP_NO_QUEUE);
+      // Tests: a read long enough for TCP's timers to act in it.
+      const slow = faultArg('stall-in-tcp-read');
+      if (slow !== null) stall(Number(slow) || 5000);
+      const after = readSeqs(s);
+      seen.push(before, after);
+      if (sameMoment(before, after)) read = { before, after, recv, send };
     }
+    if (!read) throw new CrestError('TCP_REPAIR', `the connection still moved while it was read, ${READ_TRIES} times (${seen.map((x) => JSON.stringify(x)).join(' then ')})`);
+    const { before, after, recv, send } = read;
     const w = s.get(IPPROTO_TCP, TCP_REPAIR_WINDOW, 20, 'TCP_REPAIR_WINDOW');
     const mss = s.int(IPPROTO_TCP, TCP_MAXSEG, 'TCP_MAXSEG');
     const tsval = s.get(IPPROTO_TCP, TCP_TIMESTAMP, 4, 'TCP_TIMESTAMP').readUInt32LE(0);
@@ -235,7 +304,8 @@ function readRepair(s: HeldSocket): { repair: Repair; recv: Buffer; send: Buffer
       sendSeq: u32(before.write - before.outq),
       recvSeq: u32(before.rcvNxt - before.inq),
       sendLen: before.outq,
-      unsentLen: before.unsent,
+      // snd_nxt only moves on (timers), and every byte the peer may hold lies before it.
+      unsentLen: Math.min(before.unsent, after.unsent),
       recvLen: before.inq,
       mss,
       ...((opts & TCPI_OPT_WSCALE) !== 0 ? { sndWscale: scales & 0xf, rcvWscale: scales >> 4 } : {}),
@@ -246,7 +316,7 @@ function readRepair(s: HeldSocket): { repair: Repair; recv: Buffer; send: Buffer
     };
     return { repair, recv, send };
   } finally {
-    s.queue(0);
+    s.queue(TCP_NO_QUEUE);
     s.repair(false);
   }
 }
@@ -429,16 +499,39 @@ function raiseDefault(ctx: FdRestoreContext, name: 'tcp_wmem' | 'tcp_rmem', want
   }
 }
 
+/**
+ * A bound on what one skb costs beyond its bytes (skb truesize): measured
+ * about 0.9 KiB on a send queue; a receive-queue skb also has its head
+ * rounded up to a kmalloc size.
+ */
+const SKB_OVERHEAD = 8192;
+/** The receive queue is refilled in pieces of this many bytes, one skb each (tcp_send_rcvq). */
+const RECV_PIECE = 65536;
+
+/** Socket memory that `len` bytes queued in skbs of at least `piece` bytes (but the last of each write) may take. */
+function queueRoom(len: number, piece: number): number {
+  return len === 0 ? 0 : len + (Math.ceil(len / piece) + 2) * SKB_OVERHEAD;
+}
+
+/**
+ * The send queue's room. It is written in two calls (finishTcp), each cut
+ * into skbs of the kernel's size goal: at least one MSS, or half the
+ * largest window the peer offered when that is less (tcp_bound_to_half_wnd).
+ */
+function sendRoom(r: Repair): number {
+  const halfWindow = r.window.maxWindow >>> 1;
+  return queueRoom(r.sendLen, Math.max(64, Math.min(r.mss, halfWindow > 0 ? halfWindow : r.mss)));
+}
+
 /** Step 1: the connection in repair mode, in the husk's network namespace, all but its send queue. */
 function repairSocket(f: TcpImage, r: Repair, ctx: FdRestoreContext): number {
   const what = `the TCP connection ${describe(f)}`;
   const domain = f.family === 4 ? AF_INET : AF_INET6;
-  // Buffer sizes: the queues written below must fit. A new TCP socket takes
-  // them from the namespace's tcp_wmem/tcp_rmem defaults: raised for this
-  // socket's creation (the job's namespace is crest's to set), they are not
-  // locked (SO_SNDBUF would, and is capped at net.core.wmem_max), so the
-  // kernel goes on tuning them as it did.
-  const undo = [raiseDefault(ctx, 'tcp_wmem', f.sndbuf), raiseDefault(ctx, 'tcp_rmem', f.rcvbuf)];
+  // Buffer sizes: both queues must fit whole (see the top of this file). A
+  // new TCP socket takes them from the namespace's tcp_wmem/tcp_rmem
+  // defaults: raised for this socket's creation (the job's namespace is
+  // crest's to set), they are not locked, so the kernel goes on tuning them.
+  const undo = [raiseDefault(ctx, 'tcp_wmem', Math.max(f.sndbuf, sendRoom(r))), raiseDefault(ctx, 'tcp_rmem', Math.max(f.rcvbuf, queueRoom(r.recvLen, RECV_PIECE)))];
   let fd: number;
   try {
     fd = call(ctx, 'socket', `create ${what}`, NR.socket, domain, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
@@ -462,7 +555,7 @@ function repairSocket(f: TcpImage, r: Repair, ctx: FdRestoreContext): number {
     s.set(IPPROTO_TCP, TCP_QUEUE_SEQ, u32(r.recvSeq), 'TCP_QUEUE_SEQ (receive)');
     s.queue(TCP_SEND_QUEUE);
     s.set(IPPROTO_TCP, TCP_QUEUE_SEQ, u32(r.sendSeq), 'TCP_QUEUE_SEQ (send)');
-    s.queue(0);
+    s.queue(TCP_NO_QUEUE);
     // In repair mode bind may share the port with a listener (the kernel forces reuse), and connect sends nothing.
     const n = native();
     try {
@@ -492,7 +585,7 @@ function repairSocket(f: TcpImage, r: Repair, ctx: FdRestoreContext): number {
       const data = readData(ctx.dir, f.data, 0, r.recvLen);
       const got = s.send(data, 'refilling the receive queue', 65536);
       if (got !== data.length) throw new CrestError('TCP_REPAIR', `${what}: the receive queue took ${got} of ${data.length} bytes`);
-      s.queue(0);
+      s.queue(TCP_NO_QUEUE);
     }
     const w = Buffer.alloc(20);
     [r.window.sndWl1, r.window.sndWnd, r.window.maxWindow, r.window.rcvWnd, r.window.rcvWup].forEach((x, i) => w.writeUInt32LE(x >>> 0, i * 4));
@@ -504,10 +597,30 @@ function repairSocket(f: TcpImage, r: Repair, ctx: FdRestoreContext): number {
 }
 
 /**
+ * How much of a connection's send queue goes back as sent (in repair mode):
+ * every byte its peer may hold, or the peer acknowledges what the connection
+ * never sent and the kernel drops that acknowledgement (tcp_ack: after
+ * snd_nxt). With the peer's end in the image, that is exactly up to the
+ * peer's rcv_nxt (the rest was lost or never sent: sent now, at once);
+ * otherwise what was sent at the checkpoint.
+ */
+function sentPart(c: Pending, all: readonly Pending[]): number {
+  const r = c.repair;
+  const same = (a: TcpImage['local'], b: TcpImage['local']): boolean => a.address === b.address && a.port === b.port;
+  const peer = all.find((p) => p !== c && p.image.family === c.image.family && same(p.image.local, c.image.remote) && same(p.image.remote, c.image.local));
+  if (peer) {
+    const held = (peer.repair.recvSeq + peer.repair.recvLen - r.sendSeq) >>> 0;
+    if (held <= r.sendLen) return held;
+  }
+  return r.sendLen - r.unsentLen;
+}
+
+/**
  * Step 2, once every process of the restored job exists (before any runs):
- * each connection's send queue, then repair off (the kernel sends a window
- * probe; the retransmission timer resends what was in flight), and the
- * options TCP_REPAIR overrode.
+ * each connection's send queue (see sentPart), then repair off (the kernel
+ * sends a window probe; the retransmission timer resends what was in
+ * flight), and the options TCP_REPAIR overrode. The socket's buffer was
+ * made to take the whole queue (repairSocket).
  */
 export function finishTcp(objects: SharedObjects): void {
   const list = pending.get(objects) ?? [];
@@ -518,27 +631,18 @@ export function finishTcp(objects: SharedObjects): void {
     const what = `the TCP connection ${describe(f)}`;
     const s = HeldSocket.take(c.huskPid, c.fd, what);
     try {
-      const sent = r.sendLen - r.unsentLen;
+      const sent = sentPart(c, list);
       const data = readData(c.dir, f.data, r.recvLen, r.sendLen);
-      // What was sent and not acknowledged goes in as sent (the peer may acknowledge it).
       if (sent > 0) {
         s.queue(TCP_SEND_QUEUE);
         const got = s.send(data.subarray(0, sent), 'refilling the send queue');
-        if (got !== sent) throw new CrestError('TCP_REPAIR', `${what}: the send queue took ${got} of ${sent} bytes`);
+        if (got !== sent) throw new CrestError('TCP_REPAIR', `${what}: the send queue took ${got} of the ${sent} bytes its peer may hold`);
       }
-      s.queue(0);
+      s.queue(TCP_NO_QUEUE);
       s.repair(false);
-      // Never sent: sent now, the ordinary way; what the buffer cannot take at once goes in as sent (retransmitted).
       const rest = data.subarray(sent);
-      const got = s.send(rest, 'sending the unsent data');
-      if (got < rest.length) {
-        s.repair(true);
-        s.queue(TCP_SEND_QUEUE);
-        const more = s.send(rest.subarray(got), 'refilling the send queue');
-        if (more !== rest.length - got) throw new CrestError('TCP_REPAIR', `${what}: the send queue took ${got + more} of ${rest.length} unsent bytes`);
-        s.queue(0);
-        s.repair(false);
-      }
+      const got = s.send(rest, 'sending the rest of the send queue');
+      if (got !== rest.length) throw new CrestError('TCP_REPAIR', `${what}: the send queue took ${sent + got} of its ${r.sendLen} bytes`);
       if (f.reuseaddr) s.setInt(SOL_SOCKET, SO.REUSEADDR, 1, 'SO_REUSEADDR');
     } finally {
       s.close();
