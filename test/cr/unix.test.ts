@@ -168,6 +168,27 @@ describe('unix sockets with names: a server and two clients', () => {
   });
 });
 
+describe('unix sockets with names: socket files at restore', () => {
+  test('a file at a socket path that is not the image\'s own socket file stops the restore before any process exists, and stays', { timeout: TIMEOUT }, async () => {
+    const job = await startJob(T);
+    const img = tmpImageDir('unix_named-foreign');
+    assertOk(await dump({ job: job.name, dir: img }), 'dump');
+    await withTimeout(job.run.exited, 30_000, 'crest run after the dump');
+    const at = (f: string): string => path.join(job.workDir, f);
+    const c1Before = fs.lstatSync(at('c1.sock')).ino;
+    fs.rmSync(at('log.sock'));
+    fs.writeFileSync(at('log.sock'), 'not a socket');
+    createGo(job.workDir);
+    const r = await restore(img);
+    assertRefused(r, 'restore over a foreign file', /log\.sock exists and is not the socket file the process had bound, so crest leaves it alone/);
+    assert.equal(fs.readFileSync(at('log.sock'), 'utf8'), 'not a socket', 'the foreign file was touched');
+    assert.equal(fs.lstatSync(at('c1.sock')).ino, c1Before, 'the stale socket file c1.sock was touched by a restore that did not happen');
+    assert.deepEqual(jobTargetPids(job), [], 'a process of the refused restore runs');
+    fs.rmSync(at('log.sock'));
+    assertPass(await restore(img), T, 'restore once the foreign file is gone');
+  });
+});
+
 describe('unix sockets with names: refused, the job left running', () => {
   test('a connection waiting to be accepted whose client (in the tree) sent data already', { timeout: TIMEOUT }, async () => {
     const job = await startJob(T, { extra: ['pending-data'] });

@@ -47,7 +47,7 @@ import { AF_UNIX, MSG, NR, SO, SOCK_CLOEXEC, SOCK_DGRAM, SOL_SOCKET } from './ab
 import { chunkSize, getsockoptInt, raw, setsockoptSol, type Injector } from './inject.js';
 import { parseNetUnix, SO_ACCEPTCON } from './procnet.js';
 import { unixDiag, type UnixDiag } from './sockdiag.js';
-import { restoreUnix, setBuffers, showName, TYPES } from './unixrestore.js';
+import { checkPath, pathsBound, restoreUnix, setBuffers, showName, TYPES } from './unixrestore.js';
 import { refuseFd, type FdDumpContext, type FdKind, type FdProbe, type TreeFds } from './types.js';
 import type { ImageOf } from './types.js';
 
@@ -353,6 +353,9 @@ export const unix: FdKind<'unix'> = {
     if (f.queue?.messages && f.queue.messages.reduce((a, b) => a + b, 0) !== f.queue.data.length) throw bad('its messages do not add up to its queued bytes');
     if (f.queue?.from && f.queue.from.length !== (f.queue.messages?.length ?? -1)) throw bad('its messages and their senders do not match');
     if (f.type === 'dgram' && f.state !== 'pair' && f.queue && !f.address) throw bad('messages are queued for it, and it has no name to send them to');
+    // Before any process exists: a file at one of its paths that is not the image's own stops the restore here, untouched.
+    const all = ctx.manifest.processes.flatMap((p) => p.files).filter((x): x is UnixImage => x.kind === 'unix');
+    for (const [path, node] of pathsBound(f, all)) checkPath(path, node ?? all.find((x) => x.address === f.address && x.node)?.node);
   },
   restore(f, ctx) {
     return restoreUnix(f, ctx);

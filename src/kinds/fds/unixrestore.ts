@@ -201,15 +201,8 @@ class Build {
       all.find((l) => l.state === 'listen' && l.address === address && l.type === type);
     // Every name in the file system this build binds: its stale file (if the image's own) goes first.
     const paths = new Map<string, Node | undefined>();
-    const addPath = (address: string, node: Node | undefined): void => {
-      const name = Buffer.from(address, 'base64');
-      if (name[0] === 0) return;
-      const path = showName(name);
-      if (!paths.has(path) || node) paths.set(path, node ?? paths.get(path));
-    };
-    for (const f of all) if (f.address && !f.accepted) addPath(f.address, f.node);
-    for (const [address, ends] of acceptedOn) {
-      if (!listenerOf(address, ends[0]!.type)) addPath(address, ends.find((e) => e.node)?.node);
+    for (const f of all) {
+      for (const [path, node] of pathsBound(f, all)) if (!paths.has(path) || node) paths.set(path, node ?? paths.get(path));
     }
     for (const [path, node] of paths) {
       this.clearStale(path, node);
@@ -426,15 +419,7 @@ class Build {
    * namespace has the name.
    */
   private clearStale(path: string, node: Node | undefined): void {
-    let st;
-    try {
-      st = lstatSync(path);
-    } catch {
-      return;
-    }
-    if (!st.isSocket() || !node || st.ino !== node.ino || st.dev !== node.dev) {
-      throw new CrestError('ADDRESS_IN_USE', `${path} exists and is not the socket file the process had bound, so crest leaves it alone: remove it to restore`);
-    }
+    if (!checkPath(path, node)) return;
     const users = [...parseNetUnix(readFileSync(`/proc/${this.ctx.huskHostPid}/net/unix`, 'utf8')).values()].filter((e) => e.path === path);
     if (users.length > 0) throw new CrestError('ADDRESS_IN_USE', `${path} is in use by a live socket (the original process still runs?)`);
     this.unlink(path);
@@ -444,6 +429,32 @@ class Build {
     this.ctx.mem.reset();
     call(this.ctx, 'unlinkat', `remove the socket file ${path}`, NR.unlinkat, -100, this.ctx.mem.str(path), 0);
   }
+}
+
+/**
+ * Whether a file is at `path` that the restore may remove (the socket file
+ * `node` the image recorded); a file that is not is refused, left alone.
+ */
+export function checkPath(path: string, node: Node | undefined): boolean {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return false;
+  }
+  if (!st.isSocket() || !node || st.ino !== node.ino || st.dev !== node.dev) {
+    throw new CrestError('ADDRESS_IN_USE', `${path} exists and is not the socket file the process had bound, so crest leaves it alone: remove it to restore`);
+  }
+  return true;
+}
+
+/** The paths an image's unix socket `f` binds at restore (its own name, or the name its connection was accepted on when no listener of the image has it), with the node recorded for each. */
+export function pathsBound(f: UnixImage, all: readonly UnixImage[]): [string, Node | undefined][] {
+  if (!f.address) return [];
+  const name = Buffer.from(f.address, 'base64');
+  if (name[0] === 0) return [];
+  if (f.accepted && all.some((l) => l.state === 'listen' && l.address === f.address && l.type === f.type)) return [];
+  return [[showName(name), f.node]];
 }
 
 function exists(path: string): boolean {
