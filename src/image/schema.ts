@@ -351,17 +351,31 @@ export const OpenFileSchema = v.variant('kind', [
     type: v.picklist(['stream', 'dgram', 'seqpacket']),
     /** The socket's inode at the checkpoint. */
     ino: u,
-    /** pair: connected to `peer` (the inode of another unix entry); listen: accepting connections. */
-    state: v.picklist(['pair', 'listen']),
+    /**
+     * pair: made by socketpair, connected to `peer` (the inode of another unix entry); listen: accepting
+     * connections; connected: connected by name (connect/accept; a datagram socket connected to `peer`'s
+     * name; a connection not accepted yet has the listener as `peer`); unconnected: neither (bound or not).
+     */
+    state: v.picklist(['pair', 'listen', 'connected', 'unconnected']),
     peer: v.optional(u),
     /** listen: the backlog given to listen(2). */
     backlog: v.optional(u),
+    /** listen: the inodes of the clients whose connections wait to be accepted, in the order accept(2) takes them. */
+    pending: v.optional(v.array(u)),
+    /** connected (stream, seqpacket): this end is the one accept(2) returned; its `address` is the listener's name. */
+    accepted: v.optional(v.literal(true)),
     /** The bound address (sun_path bytes, base64; an abstract name starts with a NUL byte). */
     address: v.optional(base64),
-    /** For a name in the file system: the socket file's device, inode and permission bits at the checkpoint. */
+    /**
+     * For a name in the file system: the socket file's device, inode and permission bits at the checkpoint
+     * (for an accepted end, its listener's file); absent when the name no longer had its file.
+     */
     node: v.optional(v.strictObject({ dev: u, ino: u, mode: v.pipe(u, v.maxValue(0o7777)) })),
-    /** The receive queue: its bytes and, for dgram/seqpacket, each message's length in order. */
-    queue: v.optional(v.strictObject({ data: DataRefSchema, messages: v.optional(v.array(u)) })),
+    /**
+     * The receive queue: its bytes and, for dgram/seqpacket, each message's length in order; for dgram,
+     * `from` has each message's sender name (base64 as `address`, "" from an unnamed socket).
+     */
+    queue: v.optional(v.strictObject({ data: DataRefSchema, messages: v.optional(v.array(u)), from: v.optional(v.array(base64)) })),
     /** SO_PEEK_OFF (-1: off). */
     peekOff: int,
     /** SO_RCVBUF and SO_SNDBUF as getsockopt reports them. */

@@ -12,8 +12,8 @@
  * names, W/sock is the socket file with its mode, and 16 queues exactly
  * backlog + 1 connections.
  * With the argument "pending", a connection to 16 is left waiting to be
- * accepted at the checkpoint (its client at fd 18): a checkpoint must refuse
- * it; after go the target accepts it and closes both first.
+ * accepted at the checkpoint (its client at fd 18, nothing sent): after go
+ * the target accepts it and closes both first.
  */
 #define TARGET_NAME "fd_unix"
 #include "fd_common.h"

@@ -1,7 +1,8 @@
 /*
- * sockfd: a process holding a socket at fd 9 (crest refuses sockets).
- * An AF_UNIX datagram socket bound to an abstract address; after go it
- * sends itself a datagram and receives it. W/sockfd holds the fd number.
+ * sockfd: a process holding a socket crest refuses at fd 9: an AF_UNIX
+ * datagram socket bound to an abstract address, with SO_PASSCRED set
+ * (credentials travel with its datagrams); after go it sends itself a
+ * datagram and receives it. W/sockfd holds the fd number.
  */
 #define TARGET_NAME "sockfd"
 #include "common.h"
@@ -27,6 +28,8 @@ int main(int argc, char **argv)
                      (unsigned long long)fresh_seed());
     socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
     if (bind(SOCK_FD, (struct sockaddr *)&addr, len) != 0) DIE_ERRNO("bind");
+    int on = 1;
+    if (setsockopt(SOCK_FD, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) != 0) DIE_ERRNO("SO_PASSCRED");
     write_filef("sockfd", "%d\n", SOCK_FD);
     announce_ready();
     wait_go(NULL);
