@@ -194,6 +194,26 @@ function refuseUnsupported(pid: number, initPid: number | null, tcp: TcpPolicy):
   for (const k of KINDS) k.check?.({ hostPid: pid, nsPid, status, stat, initHostPid: initPid, tcp });
 }
 
+/**
+ * refuseUnsupported on a process that still runs: it may close an fd or exec
+ * while we read /proc (an fd gone between listing and reading it, /proc/PID/fd
+ * unreadable for a moment inside execve). Such a read is tried again (a few
+ * times, briefly); a refusal is final. In a job, a process that exits
+ * meanwhile is left out: false.
+ */
+function checkRunning(pid: number, initPid: number | null, tcp: TcpPolicy): boolean {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      refuseUnsupported(pid, initPid, tcp);
+      return true;
+    } catch (e) {
+      if (initPid !== null && exitedMeanwhile(pid, e)) return false;
+      if ((e instanceof CrestError && e.code === 'UNSUPPORTED') || attempt >= 4) throw e;
+      sleepMs(5);
+    }
+  }
+}
+
 /** A zombie of the tree comes back as a zombie, unless it is the exited main thread of a process whose other threads run. */
 function refuseZombie(pid: number): void {
   const tasks = readTasks(pid);
@@ -216,14 +236,7 @@ async function dumpStages(opts: DumpOptions, runner: StageRunner): Promise<DumpR
   runner.run('check', () => {
     // Processes the job starts meanwhile are checked when the freeze finds
     // them; those that end meanwhile are left out (in a job).
-    for (const m of target.members) {
-      try {
-        refuseUnsupported(m, target.initPid, tcp);
-      } catch (e) {
-        if (target.initPid !== null && exitedMeanwhile(m, e)) continue;
-        throw e;
-      }
-    }
+    for (const m of target.members) checkRunning(m, target.initPid, tcp);
     for (const z of target.zombies) {
       try {
         refuseZombie(z);
@@ -507,7 +520,7 @@ function freezeTree(target: Target, frozen: Map<number, Thread[]>, tcp: TcpPolic
       if (frozen.has(m)) continue;
       changed = true;
       try {
-        if (!target.members.includes(m)) refuseUnsupported(m, target.initPid, tcp);
+        if (!target.members.includes(m) && !checkRunning(m, target.initPid, tcp)) continue;
         frozen.set(m, freeze(m));
       } catch (e) {
         if (m !== (target.initPid === null ? target.pid : -1) && exitedMeanwhile(m, e)) continue;

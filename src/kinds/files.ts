@@ -87,7 +87,9 @@ function probeFds(pid: number, initPid: number | null): FdProbe[] {
       const stream = st.isFile() || st.isDirectory() ? null : outsideStream(pid, initPid, fd, link);
       p = { fd, link, st, info, stream, rep: fd, sock: null, owner: null };
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      // Closed while we looked (fdinfo reads report that as PROC_GONE).
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'PROC_GONE') continue;
       throw e;
     }
     const same = reps.find((r) => r.st.dev === p.st.dev && r.st.ino === p.st.ino && n.kcmp(pid, pid, KCMP_FILE, r.fd, p.fd) === 0);
