@@ -80,6 +80,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
+
 #define EXIT_USAGE 2
 #define EXIT_SETUP 3
 #define EXIT_REFUSED 4
@@ -155,87 +157,12 @@ static _Noreturn void refuse(const char *fmt, ...)
 	exit(EXIT_REFUSED);
 }
 
-static const char *errno_name(int err)
-{
-	static char buf[32];
-	const char *name = strerrorname_np(err);
-
-	if (name)
-		return name;
-	snprintf(buf, sizeof buf, "E%d", err);
-	return buf;
-}
-
-static int write_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-static ssize_t read_full(int fd, void *buf, size_t len)
-{
-	char *p = buf;
-	size_t got = 0;
-
-	while (got < len) {
-		ssize_t n = read(fd, p + got, len - got);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		if (n == 0)
-			break;
-		got += (size_t)n;
-	}
-	return (ssize_t)got;
-}
-
-static pid_t wait_for(pid_t pid, int *status)
-{
-	pid_t r;
-
-	do
-		r = waitpid(pid, status, __WALL);
-	while (r < 0 && errno == EINTR);
-	return r;
-}
-
 static int64_t now_us(void)
 {
 	struct timespec t;
 
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	return (int64_t)t.tv_sec * 1000000 + t.tv_nsec / 1000;
-}
-
-/* Strict decimal: digits only, no sign, no spaces, value <= max. */
-static int parse_uint(const char *s, long max, long *out)
-{
-	long v = 0;
-
-	if (*s == '\0')
-		return -1;
-	for (; *s; s++) {
-		if (*s < '0' || *s > '9')
-			return -1;
-		v = v * 10 + (*s - '0');
-		if (v > max)
-			return -1;
-	}
-	*out = v;
-	return 0;
 }
 
 /* ---- capabilities ----------------------------------------------------- */
@@ -392,35 +319,6 @@ static void forward_handler(int sig, siginfo_t *si, void *ctx)
 	if (si->si_code <= 0 && forward_to > 0 && si->si_pid != getpid())
 		kill(forward_to, sig);
 	errno = saved;
-}
-
-static int settable_signal(int sig)
-{
-	if (sig == SIGKILL || sig == SIGSTOP)
-		return 0;
-	return sig < 32 || sig >= SIGRTMIN;
-}
-
-static int set_mask(int how, const sigset_t *set)
-{
-	errno = pthread_sigmask(how, set, NULL);
-	return errno ? -1 : 0;
-}
-
-static int block_all(void)
-{
-	sigset_t all;
-
-	sigfillset(&all);
-	return set_mask(SIG_SETMASK, &all);
-}
-
-static int unblock_all(void)
-{
-	sigset_t none;
-
-	sigemptyset(&none);
-	return set_mask(SIG_SETMASK, &none);
 }
 
 /* handler NULL: every disposition back to default (for the husk). */
@@ -899,21 +797,6 @@ static int make_thread(pid_t tid, struct cycling *cycle)
 }
 
 /* ---- the husk ------------------------------------------------------------- */
-
-/* clone3 with fork semantics; set_tid 0 = any PID. */
-static pid_t clone3_pid(pid_t set_tid)
-{
-	pid_t tid = set_tid;
-	struct clone_args args;
-
-	memset(&args, 0, sizeof args);
-	args.exit_signal = SIGCHLD;
-	if (set_tid > 0) {
-		args.set_tid = (uint64_t)(uintptr_t)&tid;
-		args.set_tid_size = 1;
-	}
-	return (pid_t)syscall(SYS_clone3, &args, sizeof args);
-}
 
 static _Noreturn void husk_main(const struct request *rq, int idx, int up, struct cycling *cycle);
 
