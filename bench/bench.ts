@@ -71,10 +71,19 @@ interface Sample {
 }
 
 async function once(mib: number, runNo: number): Promise<Sample> {
-  const work = mkdtempSync(join(tmpdir(), 'crest-bench-'));
+  return roundTrip('crest-bench-', `bench-${process.pid}-${mib}-${runNo}`, (work) => [TARGET, work, String(mib)], mib);
+}
+
+/**
+ * One dump and restore of a job running `argv(work)`, which fills `mib` MiB
+ * and then writes work/ready: wall and crest's own times, the image size,
+ * and the first-touch baselines for as much memory, taken right before the
+ * restore in the same conditions.
+ */
+async function roundTrip(prefix: string, name: string, argv: (work: string) => string[], mib: number): Promise<Sample> {
+  const work = mkdtempSync(join(tmpdir(), prefix));
   const image = join(work, 'image');
-  const name = `bench-${process.pid}-${mib}-${runNo}`;
-  const job = spawn(process.execPath, [CLI, 'run', '--name', name, '--', TARGET, work, String(mib)], { stdio: 'ignore' });
+  const job = spawn(process.execPath, [CLI, 'run', '--name', name, '--', ...argv(work)], { stdio: 'ignore' });
   const jobExit = new Promise((r) => job.on('exit', r));
   try {
     await waitFile(join(work, 'ready'), 120000);
@@ -82,7 +91,6 @@ async function once(mib: number, runNo: number): Promise<Sample> {
     await jobExit;
     const dj = JSON.parse(d.out) as { durationMs: number };
     const imageBytes = dirSize(image);
-    // Touch baseline right before the restore, in the same conditions.
     const touchPageMs = touch(mib, 'page');
     const touchBulkMs = touch(mib, 'bulk');
     const r = timeCmd(['restore', '-D', image, '--detach', '--json', '--name', `${name}-r`], work);
@@ -117,37 +125,8 @@ const TASK_ROWS = [
 type TaskRow = (typeof TASK_ROWS)[number];
 
 async function onceTasks(row: TaskRow, tasks: number, mibPerTask: number, runNo: number): Promise<Sample> {
-  const mib = tasks * mibPerTask;
-  const work = mkdtempSync(join(tmpdir(), 'crest-bench-tasks-'));
-  const image = join(work, 'image');
   const name = `bench-${process.pid}-${row.kind}${tasks}-${runNo}`;
-  const job = spawn(process.execPath, [CLI, 'run', '--name', name, '--', row.target, work, String(tasks), String(mibPerTask)], { stdio: 'ignore' });
-  const jobExit = new Promise((r) => job.on('exit', r));
-  try {
-    await waitFile(join(work, 'ready'), 120000);
-    const d = timeCmd(['dump', '--job', name, '-D', image, '--json'], work);
-    await jobExit;
-    const dj = JSON.parse(d.out) as { durationMs: number };
-    const imageBytes = dirSize(image);
-    const touchPageMs = touch(mib, 'page');
-    const touchBulkMs = touch(mib, 'bulk');
-    const r = timeCmd(['restore', '-D', image, '--detach', '--json', '--name', `${name}-r`], work);
-    const rj = JSON.parse(r.out) as { durationMs: number; pid: number };
-    try {
-      process.kill(rj.pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-    return { dumpWallMs: d.ms, dumpMs: dj.durationMs, restoreWallMs: r.ms, restoreMs: rj.durationMs, imageBytes, touchPageMs, touchBulkMs };
-  } finally {
-    try {
-      job.kill('SIGKILL');
-    } catch {
-      /* gone */
-    }
-    await sleep(200);
-    rmSync(work, { recursive: true, force: true });
-  }
+  return roundTrip('crest-bench-tasks-', name, (work) => [row.target, work, String(tasks), String(mibPerTask)], tasks * mibPerTask);
 }
 
 /** A many-task row (medians of 3 runs), or null when its variable is 0. */
