@@ -77,12 +77,13 @@ int main(int argc, char **argv)
     announce_ready();
     wait_go(NULL);
 
-    if (sabotage("memfd")) pwrite(10, "Z", 1, 50);
+    /* flip a byte: writing a fixed one would match the random pattern 1 time in 256 */
+    if (sabotage("memfd")) { unsigned char z = pat(50, 1) ^ 0xff; pwrite(10, &z, 1, 50); }
     if (sabotage("seals")) fcntl(10, F_ADD_SEALS, F_SEAL_WRITE);
     if (sabotage("shared")) { int o = memfd_create("crest-buf", 0); dup2(o, 11); }
     if (sabotage("flags")) fcntl(12, F_SETFL, 0);
     if (sabotage("offsets")) lseek(11, 0, SEEK_SET);
-    if (sabotage("deleted")) pwrite(13, "Z", 1, 10);
+    if (sabotage("deleted")) { unsigned char z = pat(10, 2) ^ 0xff; pwrite(13, &z, 1, 10); }
 
     struct stat s10, s11, s12, s13, s14;
     fstat(10, &s10), fstat(11, &s11), fstat(12, &s12), fstat(13, &s13), fstat(14, &s14);
