@@ -60,6 +60,7 @@ export const C_TARGETS = [
   'files',
   'itimer',
   'itimer_pending',
+  'posix_timers',
   'threads2',
   'forker',
   'tree_mem',
@@ -534,9 +535,12 @@ export function dump(o: DumpOptions): Promise<ExitResult> {
 }
 
 /** `crest restore -D DIR [--detach]`, in the foreground unless detach. */
-export function restore(dir: string, opts: { detach?: boolean; timeoutMs?: number; extra?: string[] } = {}): Promise<ExitResult> {
+export function restore(
+  dir: string,
+  opts: { detach?: boolean; timeoutMs?: number; extra?: string[]; env?: Record<string, string> } = {},
+): Promise<ExitResult> {
   const a = ['restore', '-D', dir, ...(opts.detach ? ['--detach'] : []), ...(opts.extra ?? [])];
-  return crest(a, { timeoutMs: opts.timeoutMs ?? 120_000 });
+  return crest(a, { timeoutMs: opts.timeoutMs ?? 120_000, ...(opts.env ? { env: cleanEnv(opts.env) } : {}) });
 }
 
 /** Asserts a crest command succeeded (exit 0), showing its output otherwise. */
@@ -633,6 +637,8 @@ export interface RoundTripOptions extends StartJobOptions {
   /** Dump by --pid (the host pid) instead of --job. */
   byPid?: boolean;
   restoreTimeoutMs?: number;
+  /** Extra environment of `crest restore` (CREST_FAULT ...). */
+  restoreEnv?: Record<string, string>;
 }
 
 export interface RoundTrip {
@@ -658,7 +664,7 @@ export async function roundTrip(target: TargetName, opts: RoundTripOptions = {})
   await expectKilled(job);
   assert.ok(!resumed(job.workDir), `${target} saw go before it was created`);
   createGo(job.workDir);
-  const r = await restore(imageDir, { timeoutMs: opts.restoreTimeoutMs ?? 120_000 });
+  const r = await restore(imageDir, { timeoutMs: opts.restoreTimeoutMs ?? 120_000, ...(opts.restoreEnv ? { env: opts.restoreEnv } : {}) });
   return { job, imageDir, dump: d, run, restore: r };
 }
 

@@ -12,7 +12,7 @@ import { CrestError, SyscallError, errnoName } from '../sys/errors.js';
 import { type Native, native } from '../sys/native.js';
 import { CAP_CHECKPOINT_RESTORE, CHECKED_CAPS, type FileCaps, capNames, decodeFileCaps, hasCap, hex64 } from './caps.js';
 import { allocLocated, probePagemap, probeSoftDirty, type LocatedBuffer } from './memprobe.js';
-import { probeFdKinds, probeMemoryKinds } from '../kinds/fds/probe.js';
+import { probeFdKinds, probeMemoryKinds, probeProcessKinds } from '../kinds/fds/probe.js';
 import { probePidHelper, setcapCommand } from '../pids/pidhelper.js';
 
 /** A JSON value (the report holds no bigint, no undefined inside arrays). */
@@ -586,6 +586,9 @@ function probeFds(ctx: Ctx): void {
   // Memory shared beyond one mapping (memfds, shared anonymous memory between processes, deleted files).
   for (const r of probeMemoryKinds({ timeoutMs: ctx.opts.stopTimeoutMs })) {
     add(ctx, { id: `memory-${r.kind}`, title: `memory kind: ${r.kind}`, ok: r.ok, detail: r.detail });
+  }
+  for (const r of probeProcessKinds({ timeoutMs: ctx.opts.stopTimeoutMs })) {
+    add(ctx, { id: `process-${r.kind}`, title: `process kind: ${r.kind}`, ok: r.ok, detail: r.detail });
   }
 }
 

@@ -509,6 +509,25 @@ const TimevalPair = v.strictObject({
   valueUs: u,
 });
 
+/**
+ * (version 2, optional) A POSIX timer (timer_create): its ID, clock, how it
+ * notifies (SIGEV_SIGNAL, SIGEV_NONE or SIGEV_THREAD, with `tid` for
+ * SIGEV_THREAD_ID), signal number and sigev_value, interval and time left
+ * (0 0: disarmed).
+ */
+export const PosixTimerSchema = v.strictObject({
+  id: u,
+  /** clockid_t as the kernel keeps it: a CPU-time clock is (~pid << 3) | per-thread 4 | type (CLOCK_PROCESS_CPUTIME_ID: -6). */
+  clock: int,
+  notify: v.picklist(['signal', 'none', 'thread']),
+  /** Thread (in the job's pid namespace) it signals (SIGEV_THREAD_ID). */
+  tid: v.optional(v.pipe(int, v.minValue(1))),
+  signo: v.pipe(u, v.maxValue(64)),
+  value: hex64,
+  interval: TimespecSchema,
+  left: TimespecSchema,
+});
+
 export const ProcessSchema = v.strictObject({
   /** PID in the job's pid namespace. */
   pid: v.pipe(int, v.minValue(1)),
@@ -537,6 +556,8 @@ export const ProcessSchema = v.strictObject({
   /** [resource number, soft, hard] for every RLIMIT_*. */
   rlimits: v.array(v.tuple([u, hex64, hex64])),
   itimers: v.strictObject({ real: TimevalPair, virtual: TimevalPair, prof: TimevalPair }),
+  /** (version 2) POSIX timers, in ID order; absent: none. */
+  posixTimers: v.optional(v.array(PosixTimerSchema)),
   /** Per-process prctl settings: parent-death signal, child subreaper, timer slack (ns), THP disabled. */
   prctl: v.optional(
     v.strictObject({ pdeathsig: v.pipe(int, v.minValue(0), v.maxValue(64)), childSubreaper: v.boolean(), timerslackNs: u, thpDisable: v.boolean() }),
@@ -662,6 +683,7 @@ export const ManifestSchema = v.strictObject({
 export type Manifest = v.InferOutput<typeof ManifestSchema>;
 export type ProcessImage = v.InferOutput<typeof ProcessSchema>;
 export type ThreadImage = v.InferOutput<typeof ThreadSchema>;
+export type PosixTimer = v.InferOutput<typeof PosixTimerSchema>;
 export type ZombieImage = v.InferOutput<typeof ZombieSchema>;
 export type VmaImage = v.InferOutput<typeof VmaSchema>;
 export type SharedObjectImage = v.InferOutput<typeof SharedObjectSchema>;

@@ -32,8 +32,6 @@ export const processAttrs: Kind = {
     if (root !== '/') throw unsupported(ctx.hostPid, 'root directory', `it runs chrooted in ${root}`);
     const cwd = readLinkTarget(ctx.hostPid, 'cwd');
     if (cwd.endsWith(' (deleted)')) throw unsupported(ctx.hostPid, 'working directory', `${cwd} was deleted`);
-    const timers = readFileSync(`/proc/${ctx.hostPid}/timers`, 'utf8');
-    if (timers.trim() !== '') throw unsupported(ctx.hostPid, 'POSIX timers (timer_create)', 'not supported yet');
   },
   dumpInjected(ctx) {
     const out = ctx.mem.alloc(32);

@@ -11,8 +11,9 @@ import { sched } from './sched.js';
 import { signals } from './signals.js';
 import { threadState } from './threadstate.js';
 import { tree } from './tree.js';
+import { posixTimers } from './timers.js';
 
-export const KINDS: readonly Kind[] = [creds, processAttrs, tree, mm, files, signals, threadState, sched, registers, memory];
+export const KINDS: readonly Kind[] = [creds, processAttrs, tree, mm, files, signals, posixTimers, threadState, sched, registers, memory];
 
 /** A kind by name; an unknown name is a programming error, refused loudly. */
 export function kind(name: string): Kind {

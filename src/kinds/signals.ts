@@ -7,6 +7,19 @@ import type { Kind } from './types.js';
 const KSIGACTION_SIZE = 32; // handler, flags, restorer, mask (8 bytes each)
 const hex = (v: bigint): string => '0x' + BigInt.asUintN(64, v).toString(16);
 
+const SI_TIMER = -2;
+
+/**
+ * A dumped siginfo made ready to queue again. A POSIX timer's signal carries
+ * the kernel's private re-arm cookie, which older kernels act on when the
+ * signal is taken: the restored timer is armed already, so it is cleared.
+ */
+function siginfo(saved: string): Buffer {
+  const b = Buffer.from(saved, 'base64');
+  if (b.readInt32LE(8) === SI_TIMER) b.writeInt32LE(0, 32);
+  return b;
+}
+
 /** Signals whose disposition cannot be read or changed. */
 const FIXED = new Set([9, 19]);
 
@@ -58,7 +71,7 @@ export const signals: Kind = {
     // Queue pending signals while everything is blocked; the real mask goes in with the registers.
     const info = ctx.mem.alloc(128);
     for (const p of ctx.proc.sharedPending) {
-      const b = Buffer.from(p, 'base64');
+      const b = siginfo(p);
       ctx.thread.writeMem(info, b);
       ctx.thread.syscall('rt_sigqueueinfo', 'queue a pending signal', SYS.rt_sigqueueinfo, ctx.proc.pid, b.readInt32LE(0), info);
     }
@@ -71,7 +84,7 @@ export const signals: Kind = {
     thread.syscall('sigaltstack', 'set alternate stack', SYS.sigaltstack, ctx.mem.put(ss), 0);
     const info = ctx.mem.alloc(128);
     for (const p of t.pending) {
-      const b = Buffer.from(p, 'base64');
+      const b = siginfo(p);
       ctx.thread.writeMem(info, b);
       thread.syscall(
         'rt_tgsigqueueinfo',

@@ -260,6 +260,12 @@ async function restoreProcess(
       kind('sched').restoreThread!(ctx, th, img);
     }
   });
+  // POSIX timers once every thread exists (one may be aimed at a thread), as
+  // late as can be so little of their time left passes before the process runs.
+  runner.run(`timers${tag}`, () => {
+    ctx.mem.reset();
+    kind('posix-timers').restore!(ctx);
+  });
   runner.run(`creds${tag}`, () => {
     for (const img of proc.threads) kind('creds').restoreThread!(ctx, threads.get(img.tid)!, img);
   });

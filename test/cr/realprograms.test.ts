@@ -520,3 +520,39 @@ test('make -j3 building objects with gcc: checkpointed while it runs its workers
   const names = Array.from({ length: n }, (_, i) => `f${i + 1}.o`).sort();
   await churningJob('make', ['make', '-s', '-C', w, '-j3', 'result'], w, progress, new RegExp(`^${names.join(' ')} $`), 2);
 });
+
+test('coreutils timeout: its POSIX timer (timer_create) comes back armed, and still ends the command on time', { timeout: TIMEOUT }, async () => {
+  const w = tmpWorkDir('timeout');
+  const name = uniqueName('timeout');
+  const limitS = 8;
+  const loop = 'i=0; while :; do i=$((i+1)); echo $i > "$1/progress.tmp"; mv "$1/progress.tmp" "$1/progress"; sleep 0.05; done';
+  const run = spawnCrest(['run', '--name', name, '--', 'timeout', String(limitS), '/bin/sh', '-c', loop, 'sh', w]);
+  const progress = (): number => {
+    try {
+      return Number(fs.readFileSync(path.join(w, 'progress'), 'utf8'));
+    } catch {
+      return 0;
+    }
+  };
+  const end = Date.now() + START_MS;
+  while (progress() < 3 && run.result === null && Date.now() < end) await sleep(20);
+  assert.ok(progress() >= 3, `timeout's command did not get going under crest run: ${run.stderr()}`);
+  const started = Date.now();
+  const img = tmpImageDir('timeout');
+  assertOk(await dump({ job: name, dir: img }), 'checkpoint of timeout');
+  const dumpedAfterMs = Date.now() - started;
+  const r = await withTimeout(run.exited, 60_000, 'crest run of timeout after its dump');
+  assert.equal(r.code, 75, describeResult('crest run of timeout after the dump (expected exit 75)', r));
+  const timers = (readManifest(img)['processes'] as { posixTimers?: { left: { sec: number } }[] }[]).flatMap((p) => p.posixTimers ?? []);
+  assert.equal(timers.length, 1, `timers in the image: ${JSON.stringify(timers)}`);
+  assert.ok(timers[0]!.left.sec < limitS, `the timer had ${timers[0]!.left.sec} s left`);
+  const at = progress();
+  const t0 = Date.now();
+  const fin = await withTimeout(spawnCrest(['restore', '-D', img]).exited, 90_000, 'crest restore of timeout, until the time limit ends it');
+  // timeout exits 124 when its time ran out and it killed the command.
+  assert.equal(fin.code, 124, describeResult('crest restore of timeout (expected 124: the time limit ended the command)', fin));
+  assert.ok(progress() > at, 'the command made no progress after restore');
+  // The time left at the checkpoint, not all of it again nor none (the loop's steps take 50 ms).
+  const ranMs = Date.now() - t0;
+  assert.ok(ranMs < limitS * 1000 + 30_000, `the restored timeout ran ${ranMs} ms of a ${limitS} s limit (checkpointed after ${dumpedAfterMs} ms)`);
+});

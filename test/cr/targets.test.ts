@@ -80,6 +80,14 @@ test('itimer_pending: the timer due, SIGALRM blocked and pending at the checkpoi
   await checkRoundTrip('itimer_pending');
 });
 
+test('posix_timers: timers of every notify kind (one aimed at a thread), ID gaps, a timer signal pending', { timeout: TIMEOUT }, async () => {
+  await checkRoundTrip('posix_timers');
+});
+
+test('posix_timers, restored as on a kernel without PR_TIMER_CREATE_RESTORE_IDS (IDs handed out in order)', { timeout: TIMEOUT }, async () => {
+  await checkRoundTrip('posix_timers', { restoreEnv: { CREST_FAULT: 'timer-ids-in-order' } });
+});
+
 test('py_loop: a python3 interpreter', { timeout: TIMEOUT }, async () => {
   await checkRoundTrip('py_loop');
 });

@@ -19,6 +19,7 @@ import { parseEpoll, parseEventfd, parseInotify, parseSignalfd, parseTimerfd } f
 import { call, getsockoptInt, ioctlInt, raw, setsockoptSol, type Injector } from './inject.js';
 import { unixDiag } from './sockdiag.js';
 import { MEMORY_PROBES } from '../memshare.js';
+import { TIMER_PROBES } from '../timers.js';
 
 /** One fd kind's verdict: ok true (handled), false (refused here, and why), null (not tried). */
 export interface FdKindVerdict {
@@ -224,6 +225,11 @@ export function probeFdKinds(opts: { timeoutMs?: number } = {}): FdKindVerdict[]
 /** Runs every memory kind's probe (kinds/memshare.ts) the same way. */
 export function probeMemoryKinds(opts: { timeoutMs?: number } = {}): FdKindVerdict[] {
   return runProbes(MEMORY_PROBES, opts);
+}
+
+/** Runs the process-wide kinds' probes (POSIX timers) the same way. */
+export function probeProcessKinds(opts: { timeoutMs?: number } = {}): FdKindVerdict[] {
+  return runProbes(TIMER_PROBES, opts);
 }
 
 /** Runs `probes` in a seized `sleep` child, through injected system calls; never throws. */
