@@ -382,17 +382,20 @@ export const OpenFileSchema = v.variant('kind', [
     rcvbuf: u,
     sndbuf: u,
   }),
-  /** A TCP or UDP socket that is bound (and, for TCP, maybe listening), not connected. */
+  /** A TCP socket that is bound (maybe listening), not connected; a UDP socket, bound or connected. */
   v.strictObject({
     kind: v.literal('inet'),
     id: u,
     flags: u,
     family: v.picklist([4, 6]),
     protocol: v.picklist(['tcp', 'udp']),
-    state: v.picklist(['listen', 'bound']),
+    /** connected: a UDP socket connected to `peer`. */
+    state: v.picklist(['listen', 'bound', 'connected']),
     /** Bound address: dotted quad or IPv6 text. */
     address: v.string(),
     port: v.pipe(u, v.maxValue(65535)),
+    /** (connected) The peer's address and port. */
+    peer: v.optional(v.strictObject({ address: v.string(), port: v.pipe(u, v.maxValue(65535)) })),
     /** listen: the backlog (the kernel's sk_max_ack_backlog, from TCP_INFO). */
     backlog: v.optional(u),
     reuseaddr: v.boolean(),

@@ -107,10 +107,11 @@ const KINDS: [string, string, (files: Record<string, unknown>[]) => void][] = [
   ],
   [
     'fd_inet',
-    'TCP/UDP: listeners (v4, v6) with backlogs and options, a bound UDP socket, a bound TCP socket, an unbound one',
+    'TCP/UDP: listeners (v4, v6) with backlogs and options, a bound UDP socket, a bound TCP socket, an unbound one, a connected UDP socket',
     (f) => {
       const i = f.filter((x) => x.kind === 'inet');
-      assert.equal(i.length, 5, JSON.stringify(i));
+      assert.equal(i.length, 6, JSON.stringify(i));
+      assert.equal(i.filter((x) => x.state === 'connected').length, 1, JSON.stringify(i));
       assert.deepEqual(i.filter((x) => x.state === 'listen').map((x) => x.backlog), [5, 9]);
     },
   ],

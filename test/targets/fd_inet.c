@@ -4,11 +4,13 @@
  *   11 TCP6 listener on ::1, IPV6_V6ONLY, SO_REUSEPORT, backlog 9, close-on-exec;
  *   12 UDP bound to 127.0.0.1 (a chosen port);
  *   13 a TCP socket bound to 127.0.0.1 but not listening;
- *   14 an unbound UDP socket.
+ *   14 an unbound UDP socket;
+ *   17 a UDP socket connected to 12 (bound by the kernel to a port it chose).
  * With the argument "established": 15 and 16 are the two ends of a TCP
  * connection through listener 10 (a checkpoint must refuse them).
  * After go: every socket has its address, port, options and flags; 10 and 11
- * accept connections; 12 receives a datagram; 14 is still unbound.
+ * accept connections; 12 receives a datagram; 14 is still unbound; 17 has its
+ * port and peer, its datagrams reach 12, and 12's reach it.
  */
 #define TARGET_NAME "fd_inet"
 #include "fd_common.h"
@@ -17,7 +19,7 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
-static const char *const KEYS[] = {"address", "options", "flags", "accept", "udp", "unbound", NULL};
+static const char *const KEYS[] = {"address", "options", "flags", "accept", "udp", "unbound", "connected", NULL};
 
 static int opt(int fd, int level, int o)
 {
@@ -61,6 +63,12 @@ int main(int argc, char **argv)
     put_at(b, 13, 0);
     put_at(socket(AF_INET, SOCK_DGRAM, 0), 14, 0);
     int ports[5] = {port_of(10), port_of(11), port_of(12), port_of(13), port_of(14)};
+    struct sockaddr_in to12 = lo;
+    to12.sin_port = htons((uint16_t)ports[2]);
+    int cu = socket(AF_INET, SOCK_DGRAM, 0);
+    if (connect(cu, (struct sockaddr *)&to12, sizeof to12) != 0) DIE_ERRNO("udp connect");
+    put_at(cu, 17, 0);
+    const int port17 = port_of(17);
     if (established) {
         struct sockaddr_in to = lo;
         to.sin_port = htons((uint16_t)ports[0]);
@@ -80,6 +88,7 @@ int main(int argc, char **argv)
     if (sabotage("accept")) shutdown(11, SHUT_RD);
     if (sabotage("udp")) { int s = socket(AF_INET, SOCK_DGRAM, 0); dup2(s, 12); }
     if (sabotage("unbound")) bind(14, (struct sockaddr *)&lo, sizeof lo);
+    if (sabotage("connected")) { int s = socket(AF_INET, SOCK_DGRAM, 0); bind(s, (struct sockaddr *)&lo, sizeof lo); dup2(s, 17); }
 
     int now[5] = {port_of(10), port_of(11), port_of(12), port_of(13), port_of(14)};
     CHECK("address", now[0] == ports[0] && now[1] == ports[1] && now[2] == ports[2] && now[3] == ports[3],
@@ -117,6 +126,26 @@ int main(int argc, char **argv)
     poll(&pf, 1, 2000);
     ssize_t rr = recv(12, m, sizeof m, MSG_DONTWAIT);
     CHECK("udp", sr == 5 && rr == 5 && memcmp(m, "dgram", 5) == 0, "udp 12: sent %zd, received %zd", sr, rr);
+    struct sockaddr_in peer;
+    socklen_t pl = sizeof peer;
+    memset(&peer, 0, sizeof peer);
+    int gp = getpeername(17, (struct sockaddr *)&peer, &pl);
+    ssize_t s17 = send(17, "to12", 4, 0);
+    char m12[8] = {0}, m17[8] = {0};
+    pf.fd = 12;
+    poll(&pf, 1, 2000);
+    struct sockaddr_in from;
+    socklen_t fl = sizeof from;
+    ssize_t r12 = recvfrom(12, m12, sizeof m12, MSG_DONTWAIT, (struct sockaddr *)&from, &fl);
+    ssize_t s12 = r12 == 4 ? sendto(12, "to17", 4, 0, (struct sockaddr *)&from, fl) : -1;
+    pf.fd = 17;
+    poll(&pf, 1, 2000);
+    ssize_t r17 = recv(17, m17, sizeof m17, MSG_DONTWAIT);
+    CHECK("connected",
+          gp == 0 && peer.sin_port == to12.sin_port && peer.sin_addr.s_addr == to12.sin_addr.s_addr && port_of(17) == port17 && s17 == 4 &&
+              r12 == 4 && memcmp(m12, "to12", 4) == 0 && ntohs(from.sin_port) == port17 && s12 == 4 && r17 == 4 && memcmp(m17, "to17", 4) == 0,
+          "udp 17: getpeername %d (port %d, want %d), port %d (was %d), sent %zd, 12 got %zd from port %d, replied %zd, 17 got %zd", gp,
+          ntohs(peer.sin_port), ports[2], port_of(17), port17, s17, r12, r12 == 4 ? ntohs(from.sin_port) : 0, s12, r17);
     if (established) CHECK("accept", send(15, "x", 1, 0) == 1 && recv(16, m, 1, 0) == 1, "the established connection broke");
     return finish();
 }

@@ -1,15 +1,17 @@
-// TCP and UDP sockets that are bound (TCP maybe listening) but not connected:
+// TCP and UDP sockets that are bound (TCP maybe listening) but not connected,
+// and UDP sockets connected to a peer:
 // address, port and state from the kernel (getsockname, getpeername and
 // TCP_INFO injected into the task; /proc/net/tcp{,6} and udp{,6} for the
 // refusals that need no injection), the options that change how they bind and
 // behave (SO_REUSEADDR, SO_REUSEPORT, IPV6_V6ONLY, TCP_NODELAY, buffer sizes),
 // and a listener's backlog: TCP_INFO reports sk_max_ack_backlog (tcpi_sacked)
 // and the connections waiting to be accepted (tcpi_unacked) of a listener.
-// Restore: socket, the options, bind to the same address and port, listen.
+// Restore: socket, the options, bind to the same address and port, listen
+// or connect.
 //
 // Connections are ./tcp.ts's. Refused here: listeners with connections
-// waiting to be accepted, connected UDP sockets, UDP sockets with
-// datagrams queued (their senders' addresses cannot be recreated), sockets
+// waiting to be accepted, UDP sockets with datagrams queued (their senders'
+// addresses cannot be recreated), sockets
 // bound to a device or a scoped (link-local) address, other families and
 // protocols.
 import { O } from '../../sys/constants.js';
@@ -75,9 +77,10 @@ export function encodeSockaddr(family: 4 | 6, address: string, port: number): Bu
 interface Injected {
   family: 4 | 6;
   protocol: 'tcp' | 'udp';
-  state: 'listen' | 'bound';
+  state: 'listen' | 'bound' | 'connected';
   address: string;
   port: number;
+  peer?: { address: string; port: number };
   backlog?: number;
   reuseaddr: boolean;
   reuseport: boolean;
@@ -107,8 +110,6 @@ export const inet: FdKind<'inet'> = {
     const remote = hostPort(s.inet.remote.address, s.inet.remote.port);
     if (s.table === 'tcp' || s.table === 'tcp6') {
       if (s.inet.state !== TCP_LISTEN && s.inet.state !== TCP_CLOSE) throw refuse(`TCP socket ${local} with ${remote} in state ${TCP_STATE[s.inet.state] ?? s.inet.state} is not a listener`);
-    } else if (s.inet.remote.port !== 0) {
-      throw refuse(`UDP socket ${local} connected to ${remote} is not supported yet`);
     }
   },
   inject(p, ctx): Injected {
@@ -126,17 +127,20 @@ export const inet: FdKind<'inet'> = {
     const local = decodeSockaddr(name.b);
     const where = hostPort(local.address, local.port);
     if (local.scope !== 0) throw refuse(kind, `${where} is a scoped (link-local) address, which is not supported yet`);
-    const peer = sockname(ctx, NR.getpeername, p.fd);
-    if (peer.r === 0) {
-      const remote = decodeSockaddr(peer.b);
+    const peerName = sockname(ctx, NR.getpeername, p.fd);
+    let peer: Injected['peer'];
+    if (peerName.r === 0) {
+      const remote = decodeSockaddr(peerName.b);
       const to = hostPort(remote.address, remote.port);
       if (tcp) throw refuse(kind, `TCP connection ${where} -> ${to} is not listed in the process's network namespace, so crest cannot tell its state`);
-      throw refuse(kind, `UDP socket ${where} connected to ${to} is not supported yet`);
+      if (remote.scope !== 0) throw refuse(kind, `UDP socket ${where} is connected to ${to}, a scoped (link-local) address, which is not supported yet`);
+      peer = { address: remote.address, port: remote.port };
+    } else if (peerName.r !== -ENOTCONN) {
+      throw refuse(kind, `getpeername failed (errno ${-peerName.r})`);
     }
-    if (peer.r !== -ENOTCONN) throw refuse(kind, `getpeername failed (errno ${-peer.r})`);
     ctx.mem.reset();
     if ((getsockoptIntMaybe(ctx, p.fd, SOL_SOCKET, SO_BINDTOIFINDEX) ?? 0) !== 0) throw refuse(kind, `${where} is bound to a network device, which is not supported yet`);
-    let state: Injected['state'] = 'bound';
+    let state: Injected['state'] = peer ? 'connected' : 'bound';
     let backlog: number | undefined;
     if (tcp) {
       ctx.mem.reset();
@@ -158,7 +162,10 @@ export const inet: FdKind<'inet'> = {
     } else {
       ctx.mem.reset();
       const r = raw(ctx, NR.recvfrom, p.fd, ctx.mem.alloc(8), 0, MSG.PEEK | MSG.DONTWAIT, 0, 0);
-      if (r !== -EAGAIN) throw refuse(kind, `UDP socket ${where} has datagrams queued; their senders' addresses cannot be recreated, so it is refused`);
+      if (r !== -EAGAIN) {
+        const from = peer ? ` (from ${hostPort(peer.address, peer.port)})` : '';
+        throw refuse(kind, `UDP socket ${where} has datagrams queued${from}; they cannot be sent again from their sender's address, so it is refused (try again once the process has read them)`);
+      }
     }
     ctx.mem.reset();
     const opt = (level: number, o: number, n: string): number => getsockoptInt(ctx, p.fd, level, o, n);
@@ -168,6 +175,7 @@ export const inet: FdKind<'inet'> = {
       state,
       address: local.address,
       port: local.port,
+      ...(peer ? { peer } : {}),
       ...(backlog !== undefined ? { backlog } : {}),
       reuseaddr: opt(SOL_SOCKET, SO.REUSEADDR, 'SO_REUSEADDR') !== 0,
       reuseport: opt(SOL_SOCKET, SO.REUSEPORT, 'SO_REUSEPORT') !== 0,
@@ -202,6 +210,12 @@ export const inet: FdKind<'inet'> = {
       }
     }
     if (f.state === 'listen') call(ctx, 'listen', `listen on ${where} (backlog ${f.backlog})`, NR.listen, fd, f.backlog ?? 4096);
+    if (f.state === 'connected' && f.peer) {
+      ctx.mem.reset();
+      const to = encodeSockaddr(f.family, f.peer.address, f.peer.port);
+      const r = raw(ctx, NR.connect, fd, ctx.mem.put(to), to.length);
+      if (r < 0) throw new CrestError('CONNECT_FAILED', `cannot connect ${where} to ${hostPort(f.peer.address, f.peer.port)} again: errno ${-r}`);
+    }
     return fd;
   },
 };
