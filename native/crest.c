@@ -362,6 +362,10 @@ static napi_value js_ptraceCont(napi_env env, napi_callback_info info) {
   return ptrace_with_sig(env, info, "ptraceCont", PTRACE_CONT, "PTRACE_CONT");
 }
 
+static napi_value js_ptraceSyscall(napi_env env, napi_callback_info info) {
+  return ptrace_with_sig(env, info, "ptraceSyscall", PTRACE_SYSCALL, "PTRACE_SYSCALL");
+}
+
 static napi_value js_ptraceSingleStep(napi_env env, napi_callback_info info) {
   return ptrace_with_sig(env, info, "ptraceSingleStep", PTRACE_SINGLESTEP, "PTRACE_SINGLESTEP");
 }
@@ -1267,6 +1271,7 @@ static napi_value init(napi_env env, napi_value exports) {
       FUNC(ptraceDetach),
       FUNC(ptraceCont),
       FUNC(ptraceSingleStep),
+      FUNC(ptraceSyscall),
       FUNC(ptraceSetOptions),
       FUNC(ptraceGetRegs),
       FUNC(ptraceSetRegs),

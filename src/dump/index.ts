@@ -10,7 +10,7 @@ import { native } from '../sys/native.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { MAP, PROT, SIG, SYS } from '../sys/constants.js';
 import { readChildren, readMaps, readStat, readStatus, readTasks, type ProcStatus } from '../proc/index.js';
-import { Thread, awaitGroupStop, findSyscallInsn, sleepMs } from '../tracer/tracer.js';
+import { FRAME_ROOM, SAFE_RETURN_CODE, Thread, awaitGroupStop, findSyscallInsn, sleepMs } from '../tracer/tracer.js';
 import { ImageWriter } from '../image/writer.js';
 import { FORMAT_VERSION, IMAGE_MAGIC, type ProcessImage, type ThreadImage, type ZombieImage } from '../image/schema.js';
 import { planTree, type TreeNode } from '../restore/treeplan.js';
@@ -81,7 +81,10 @@ interface Target {
   record: JobRecord | null;
 }
 
+/** The dump's scratch area: a page for the safe-return trampoline, the data, the safe-return frame. */
+const SCRATCH_CODE = 4096;
 const SCRATCH_SIZE = 16384;
+const SCRATCH_MAP = SCRATCH_CODE + SCRATCH_SIZE + FRAME_ROOM;
 
 function processExists(pid: number): boolean {
   return existsSync(`/proc/${pid}`);
@@ -617,9 +620,14 @@ function freeze(pid: number): Thread[] {
 /**
  * The injection window: borrow the task's registers to run system calls
  * that read state only the task itself can report (signal actions, brk,
- * timers ...). A `syscall` instruction in the vDSO serves as the site; a
- * scratch page holds the results. Everything is put back before the long
- * memory copy starts, so crest dying later leaves the task intact.
+ * timers ...). A scratch area mapped in the task holds the results, and its
+ * first page the safe-return trampoline: each thread's window is armed with
+ * an rt_sigreturn frame of its own registers (Thread.armSafeReturn), so that
+ * crest dying in the middle of it (SIGKILL, the OOM killer) leaves the
+ * thread where it was, not at borrowed registers. Only the two calls that
+ * set this up (mapping the area, making its first page executable) and the
+ * final unmap run without it. Everything is put back before the long
+ * memory copy starts; a scratch area left behind is only a leaked mapping.
  */
 function injectionWindow(ctx: DumpContext): void {
   const t = ctx.thread;
@@ -628,23 +636,34 @@ function injectionWindow(ctx: DumpContext): void {
   const code = t.readMem(vdso.start, vdso.end - vdso.start);
   const at = findSyscallInsn(code);
   if (at < 0) throw new CrestError('NO_VDSO', 'no syscall instruction in the vDSO');
-  for (const slot of ctx.threads) slot.thread.setSyscallSite(vdso.start + at);
-  const scratch = Number(
-    t.syscall('mmap', 'map a scratch area', SYS.mmap, 0, SCRATCH_SIZE, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0),
+  const vdsoSite = vdso.start + at;
+  for (const slot of ctx.threads) {
+    slot.thread.setSyscallSite(vdsoSite);
+    slot.thread.useSyscallStops();
+  }
+  const base = Number(
+    t.syscall('mmap', 'map a scratch area', SYS.mmap, 0, SCRATCH_MAP, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS, -1, 0),
   );
-  ctx.scratch = scratch;
-  ctx.mem = new ScratchAllocator(t, scratch, SCRATCH_SIZE);
-  // Each thread's window ends as soon as that thread is done: should crest
-  // die in here, at most the thread being read (and the main thread while
-  // the process-wide part runs) holds borrowed registers. A scratch area
-  // left behind is only a leaked anonymous mapping.
+  const frameAt = base + SCRATCH_CODE + SCRATCH_SIZE;
   const fault = faultArg('kill-after-thread-window');
   try {
+    t.writeMem(base, SAFE_RETURN_CODE);
+    t.syscall('mprotect', 'make the trampoline page executable', SYS.mprotect, base, SCRATCH_CODE, PROT.READ | PROT.EXEC);
+    ctx.scratch = base + SCRATCH_CODE;
+    ctx.mem = new ScratchAllocator(t, ctx.scratch, SCRATCH_SIZE, 0);
+    // Unarmed (see armSafeReturn), a thread runs its calls from the vDSO as before.
+    const arm = (th: Thread): void => {
+      th.setSyscallSite(th.armSafeReturn(frameAt, base) ? base : vdsoSite);
+    };
+    arm(t);
     for (const k of KINDS) {
       ctx.mem.reset();
       k.dumpInjected?.(ctx);
     }
+    // Each thread's window ends as soon as that thread is done: one frame
+    // serves them all, armed again for each.
     ctx.threads.forEach((slot, i) => {
+      if (slot.thread !== t) arm(slot.thread);
       for (const k of KINDS) {
         ctx.mem.reset();
         k.dumpThreadInjected?.(ctx, slot);
@@ -653,8 +672,10 @@ function injectionWindow(ctx: DumpContext): void {
       if (fault !== null && i === Number(fault)) process.kill(process.pid, 'SIGKILL');
     });
   } finally {
-    // The main thread, borrowed once more for the unmap (or still borrowed after a failure).
-    t.syscallRaw(SYS.munmap, scratch, SCRATCH_SIZE);
+    // The main thread, borrowed once more for the unmap (or still borrowed
+    // after a failure), from the vDSO: the trampoline goes with the area.
+    for (const slot of ctx.threads) slot.thread.setSyscallSite(vdsoSite);
+    t.syscallRaw(SYS.munmap, base, SCRATCH_MAP);
     ctx.scratch = 0;
     for (const slot of ctx.threads) slot.thread.endInjection();
   }

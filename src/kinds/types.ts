@@ -118,11 +118,13 @@ export class ScratchAllocator {
     private readonly thread: Thread,
     private readonly base: number,
     private readonly size: number,
+    /** Bytes at `base` that are not the allocator's (the restore's syscall instruction). */
+    private readonly reserved = 16,
   ) {
-    this.next = base + 16;
+    this.next = base + reserved;
   }
   reset(): void {
-    this.next = this.base + 16;
+    this.next = this.base + this.reserved;
   }
   /** Copies `data` into the scratch area; returns the address. */
   put(data: Buffer): number {

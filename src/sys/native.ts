@@ -31,6 +31,8 @@ export interface Native {
   ptraceDetach(pid: number, sig: number): void;
   ptraceCont(pid: number, sig: number): void;
   ptraceSingleStep(pid: number, sig: number): void;
+  /** PTRACE_SYSCALL: run to the next system-call entry or exit stop. */
+  ptraceSyscall(pid: number, sig: number): void;
   ptraceSetOptions(pid: number, options: number): void;
   /** user_regs_struct (27 x u64) via PTRACE_GETREGSET NT_PRSTATUS. */
   ptraceGetRegs(pid: number): BigUint64Array;

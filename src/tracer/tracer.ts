@@ -80,6 +80,33 @@ export function signed(v: bigint): bigint {
   return BigInt.asIntN(64, v);
 }
 
+/** struct rt_sigframe on x86-64: pretcode, ucontext (304 bytes), siginfo (128). */
+const RT_SIGFRAME_SIZE = 8 + 304 + 128;
+/** Room a safe-return frame may take (the frame, then the XSAVE area, 64-byte aligned). */
+export const FRAME_ROOM = 40 * 1024;
+/** The safe-return trampoline: syscall; mov $15, %eax; syscall (rt_sigreturn); ud2. */
+export const SAFE_RETURN_CODE = Buffer.from([0x0f, 0x05, 0xb8, 0x0f, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x0f, 0x0b]);
+
+let injectedCalls = 0;
+/**
+ * Fault point kill-in-injection:N: crest is SIGKILLed just after starting
+ * its Nth injected system call (the thread running into it or stopped at
+ * its entry). With "N:exit", once that call has ended (the thread stopped
+ * at its exit; for calls that stop at entry and exit, see useSyscallStops).
+ */
+function killInInjection(tid: number): void {
+  const f = faultArg('kill-in-injection');
+  if (f === null) return;
+  const [n, when] = f.split(':');
+  if (++injectedCalls !== Number(n)) return;
+  if (when === 'exit') {
+    waitTask(tid);
+    native().ptraceSyscall(tid, 0);
+    waitTask(tid);
+  }
+  process.kill(process.pid, 'SIGKILL');
+}
+
 /** A value passed to an injected system call. */
 export type Arg = number | bigint;
 
@@ -101,6 +128,10 @@ export class Thread {
   groupStop = 0;
   private syscallSite = 0;
   private injecting = false;
+  /** Injected calls stop at system-call entry and exit (PTRACE_SYSCALL) instead of single-stepping (see armSafeReturn). */
+  private syscallStops = false;
+  /** While armed: the stack pointer injected calls run with, just above the safe-return frame. */
+  private safeSp = 0n;
   private memFd = -1;
   private detached = false;
 
@@ -123,7 +154,12 @@ export class Thread {
    */
   static seize(tid: number, opts: { exitKill?: boolean; traceClone?: boolean; traceFork?: boolean; timeoutMs?: number; holdSignals?: boolean } = {}): Thread {
     const n = native();
-    n.ptraceSeize(tid, (opts.exitKill ? 0x100000 : 0) | (opts.traceClone ? 8 : 0) | (opts.traceFork ? 2 : 0));
+    // TRACESYSGOOD: a system-call stop reports SIGTRAP|0x80. Besides telling it
+    // from a single-step trap, that matters if crest dies while the thread is
+    // in one: the kernel's detach leaves the stop's code behind and "delivers"
+    // it as a signal when the thread goes on, and 0x85 is no signal at all
+    // (plain SIGTRAP would kill the thread).
+    n.ptraceSeize(tid, 1 | (opts.exitKill ? 0x100000 : 0) | (opts.traceClone ? 8 : 0) | (opts.traceFork ? 2 : 0));
     // Tests widen the moment between seizing and stopping, where a thread may exit.
     const stallMs = faultArg('stall-in-seize');
     if (stallMs !== null) stall(Number(stallMs));
@@ -211,6 +247,16 @@ export class Thread {
     }
   }
 
+  /**
+   * Injected calls stop at system-call entry and exit (PTRACE_SYSCALL)
+   * instead of single-stepping: two stops instead of one, but the thread
+   * never carries the forced trap flag, which the kernel's detach on
+   * crest's death would leave set (the thread would die of SIGTRAP).
+   */
+  useSyscallStops(): void {
+    this.syscallStops = true;
+  }
+
   /** Where injected syscalls execute: the address of a `syscall` instruction (0f 05) in the task. */
   setSyscallSite(addr: number): void {
     this.syscallSite = addr;
@@ -236,12 +282,17 @@ export class Thread {
     r[REG.rax] = BigInt(nr);
     r[REG.orig_rax] = 0xffffffffffffffffn;
     r[REG.rip] = BigInt(this.syscallSite);
+    if (this.safeSp !== 0n) r[REG.rsp] = this.safeSp;
     const argRegs = [REG.rdi, REG.rsi, REG.rdx, REG.r10, REG.r8, REG.r9];
     args.forEach((a, i) => {
       r[argRegs[i]!] = BigInt.asUintN(64, BigInt(a));
     });
     n.ptraceSetRegs(this.tid, r);
-    n.ptraceSingleStep(this.tid, 0);
+    // Single-step: one stop, after the call. Syscall stops: two (entry, exit), and no trap flag.
+    const step = this.syscallStops ? (tid: number) => n.ptraceSyscall(tid, 0) : (tid: number) => n.ptraceSingleStep(tid, 0);
+    let traps = this.syscallStops ? 2 : 1;
+    step(this.tid);
+    killInInjection(this.tid);
     for (;;) {
       const st = waitTask(this.tid);
       if (st.kind !== 'stopped') {
@@ -250,11 +301,11 @@ export class Thread {
       if (st.event === PTRACE_EVENT_CLONE || st.event === PTRACE_EVENT_FORK) {
         // An injected clone made a thread or a process; it is attached to us (TRACECLONE, TRACEFORK).
         this.newThreads.push(Number(n.ptraceGetEventMsg(this.tid)));
-      } else if (st.signal === SIG.SIGTRAP && st.event === 0) {
-        break;
+      } else if (this.syscallStops ? st.signal === (SIG.SIGTRAP | 0x80) : st.signal === SIG.SIGTRAP && st.event === 0) {
+        if (--traps === 0) break;
       }
       // Other stops (an interrupt, an unblockable signal): step on; SIGKILL shows as exit next.
-      n.ptraceSingleStep(this.tid, 0);
+      step(this.tid);
     }
     const out = n.ptraceGetRegs(this.tid);
     return signed(out[REG.rax]!);
@@ -282,6 +333,76 @@ export class Thread {
     n.ptraceSetRegs(this.tid, this.origRegs);
     n.ptraceSetSigmask(this.tid, this.origSigmask);
     this.injecting = false;
+    this.safeSp = 0n;
+  }
+
+  /**
+   * Makes the injection window safe against crest dying in it (dump, where
+   * the process must go on whatever happens to crest). Injected calls then
+   * stop at system-call entry and exit, so no trap flag is ever set, and run
+   * with the stack pointer just above an rt_sigreturn frame (`frameAt`,
+   * FRAME_ROOM bytes) that holds the thread's own registers, signal mask,
+   * FPU/AVX state and alternate stack. `site` is a `syscall` followed by
+   * `mov $15, %eax; syscall` (rt_sigreturn): if crest dies, the kernel lets
+   * the thread go wherever it is in an injected call; it finishes that call
+   * and returns through the frame to exactly where it was. A system call it
+   * was interrupted in is made again (one with a timeout waits it all over
+   * again). The frame's alternate-stack field holds an invalid mode, which
+   * rt_sigreturn's sigaltstack step rejects and ignores (it squashes all
+   * but EFAULT), so the thread's alternate stack stays as it is, unread.
+   * Returns false, leaving things as they were, when the frame cannot be
+   * made (an XSAVE layout a frame does not take: see below).
+   */
+  armSafeReturn(frameAt: number, site: number): boolean {    // PTRACE_GETREGSET gives the XSAVE area with XCR0 in its software bytes;
+    // a signal frame wants them to describe the area (magic, sizes,
+    // features) and a second magic after it. The area is then as long as
+    // the regset, which it is as long as no feature needs the process's
+    // permission first (AMX tiles, XCR0 bits 17-18): such a thread is left
+    // unarmed.
+    const xs = this.xstate();
+    const FP_XSTATE_MAGIC1 = 0x46505853;
+    const FP_XSTATE_MAGIC2 = 0x46505845;
+    const xsize = xs.length;
+    const xcr0 = xsize >= 512 + 64 ? xs.readBigUInt64LE(464) : 0n;
+    if (xsize < 512 + 64 || (xcr0 & 3n) !== 3n || (xcr0 >> 17n) !== 0n) return false;
+    xs.fill(0, 464, 512);
+    xs.writeUInt32LE(FP_XSTATE_MAGIC1, 464);
+    xs.writeUInt32LE(xsize + 4, 468); // extended_size
+    xs.writeBigUInt64LE(xcr0, 472); // xfeatures
+    xs.writeUInt32LE(xsize, 480); // xstate_size
+    const fpOff = Math.ceil(RT_SIGFRAME_SIZE / 64) * 64;
+    const b = Buffer.alloc(fpOff + xsize + 4);
+    if (b.length > FRAME_ROOM) return false;
+    const o = this.origRegs;
+    const rg = (name: RegName): bigint => o[REG[name]]!;
+    let rax = rg('rax');
+    let rip = rg('rip');
+    // An interrupted call is made again, as the kernel does when no handler
+    // runs (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND). One that would go on
+    // through its restart block (ERESTART_RESTARTBLOCK: nanosleep, poll, futex
+    // waits with a timeout) is made again from the start too, since
+    // rt_sigreturn voids the restart block: its timeout starts over.
+    if (signed(rg('orig_rax')) >= 0n && [512n, 513n, 514n, 516n].includes(-signed(rax))) {
+      rax = rg('orig_rax');
+      rip -= 2n;
+    }
+    b.writeBigUInt64LE(0n, 0); // pretcode
+    b.writeBigUInt64LE(1n | 2n | 4n, 8); // UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS
+    b.writeInt32LE(3, 32); // uc_stack.ss_flags: neither 0, SS_ONSTACK nor SS_DISABLE
+    const sc = 48;
+    const order: RegName[] = ['r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rdi', 'rsi', 'rbp', 'rbx', 'rdx', 'rax', 'rcx', 'rsp', 'rip', 'eflags'];
+    order.forEach((name, i) => b.writeBigUInt64LE(name === 'rax' ? rax : name === 'rip' ? rip : rg(name), sc + i * 8));
+    b.writeUInt16LE(Number(rg('cs')), sc + 144);
+    b.writeUInt16LE(Number(rg('ss')), sc + 150);
+    b.writeBigUInt64LE(BigInt(frameAt + fpOff), sc + 184); // fpstate
+    b.writeBigUInt64LE(this.origSigmask, 304); // uc_sigmask
+    xs.copy(b, fpOff, 0, xsize);
+    b.writeUInt32LE(FP_XSTATE_MAGIC2, fpOff + xsize);
+    this.writeMem(frameAt, b);
+    this.safeSp = BigInt(frameAt + 8);
+    this.syscallSite = site;
+    this.syscallStops = true;
+    return true;
   }
 
   /**

@@ -367,6 +367,33 @@ describe('threads coming and going, signals in flight', () => {
     await expectAllThreadsUntraced(job.hostPid, 'threads_blocked after its dump was killed');
     await letFinish(job, 'threads_blocked after its dump was killed in the injection window');
   });
+
+  // Inside a thread's window every injected call runs with a way back:
+  // crest killed in the middle of one (a fault point: the Nth injected call,
+  // the thread about to make it, or, with ":exit", stopped right after it)
+  // leaves the thread to finish that call and return through an rt_sigreturn
+  // frame of its own registers, mask and FPU/AVX state. fpu keeps x87, SSE
+  // and AVX values live in registers; threads_blocked has threads in futex
+  // waits, nanosleep, poll and read, whose calls are made again.
+  test('crest dump killed inside injected calls: the process goes on, registers, FPU state and blocked calls intact', { timeout: TIMEOUT }, async () => {
+    const cases: [TargetName, string][] = [
+      ['fpu', '5'],
+      ['fpu', '25:exit'],
+      ['threads_blocked', '12'],
+      ['threads_blocked', '60'],
+      ['threads_blocked', '95:exit'],
+    ];
+    for (const [target, at] of cases) {
+      const job = await startJob(target);
+      const dir = tmpImageDir(`killed-call-${at}`);
+      const r = await crest(dumpArgs({ job: job.name, dir }), { timeoutMs: 60_000, env: cleanEnv({ CREST_FAULT: `kill-in-injection:${at}` }) });
+      assert.equal(r.signal, 'SIGKILL', describeResult(`crest dump of ${target} with kill-in-injection:${at} (the dump made fewer calls?)`, r));
+      assert.ok(!fs.existsSync(path.join(dir, 'manifest.json')), 'the killed dump left a manifest');
+      assertStillRunning(job.run, `crest run of ${target} after its dump was killed in call ${at}`);
+      await expectAllThreadsUntraced(job.hostPid, `${target} after its dump was killed in call ${at}`);
+      await letFinish(job, `${target} after its dump was killed in injected call ${at}`);
+    }
+  });
 });
 
 // ------------------------------------------------------------------ refusals
