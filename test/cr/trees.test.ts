@@ -160,13 +160,13 @@ function states(job: Job): Map<number, string> {
   return new Map(treePids(job).map((p) => [p, procState(p) ?? '?']));
 }
 
-test('a dump refused half-way (a POSIX timer in a child): every process as it was', { timeout: TIMEOUT }, async () => {
+test("a dump refused half-way (a child's POSIX timer on its parent's CPU clock): every process as it was", { timeout: TIMEOUT }, async () => {
   const job = await startJob('tree_wait', { extra: ['timer'] });
   const before = states(job);
   assert.equal([...before.values()].filter((s) => s === 'T').length, 2);
   const dir = tmpImageDir('refused');
   const r = await dump({ job: job.name, dir });
-  assertRefused(r, 'dump of a tree with a POSIX timer', /POSIX timers/);
+  assertRefused(r, "dump of a tree with a POSIX timer on another process's clock", /POSIX timer \d+: it counts the CPU time of process \d+, not one of this process/);
   await sleep(100);
   await expectUntouchedThenPass(job, before, dir, 'after the refused dump');
 });

@@ -6,7 +6,8 @@
  *   tstp     stopped by SIGTSTP, the stop collected (waitpid WUNTRACED), in
  *            a process group of its own;
  *   live     running (polls for go, exits 5); `tree_wait W timer` gives it
- *            a POSIX timer (which crest refuses), `tree_wait W MIB` MIB MiB
+ *            a POSIX timer on its parent's CPU clock (which crest refuses:
+ *            the clock names another process), `tree_wait W MIB` MIB MiB
  *            of memory (a long dump), checked after restore ("live").
  * After restore the parent: no SIGCHLD came out of nowhere ("sigchld");
  * waitpid gets each zombie's exact status ("zombie"); the uncollected stop
@@ -38,7 +39,9 @@ static pid_t spawn_poller(int code, const char *file)
         size_t len = 0;
         if (code == 5 && g_extra && strcmp(g_extra, "timer") == 0) {
             timer_t t;
-            if (timer_create(CLOCK_MONOTONIC, NULL, &t) < 0) DIE_ERRNO("timer_create");
+            clockid_t parent_cpu;
+            if (clock_getcpuclockid(getppid(), &parent_cpu) != 0) die("clock_getcpuclockid failed");
+            if (timer_create(parent_cpu, NULL, &t) < 0) DIE_ERRNO("timer_create");
         } else if (code == 5 && g_extra) {
             len = (size_t)atoi(g_extra) << 20;
             mem = malloc(len);
