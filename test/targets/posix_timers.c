@@ -123,12 +123,12 @@ int main(int argc, char **argv)
     announce_ready();
     wait_go(NULL);
 
-    if (sabotage("ids")) timer_delete(td);
     if (sabotage("periodic")) arm(ta, 0, 0);
     if (sabotage("values")) expect_a = 0xDEAD;
     if (sabotage("thread")) arm(tc, 0, 0);
     if (sabotage("left")) arm(tb, 10 * 1000, 0);
     if (sabotage("cpu")) arm(td, 500 * 1000, 8000);
+    if (sabotage("ids")) timer_delete(td); /* after "cpu", which arms it */
     if (sabotage("pending")) {
         struct timespec zero = {0, 0};
         sigtimedwait(&rt, NULL, &zero);
