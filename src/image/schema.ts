@@ -531,6 +531,20 @@ export const PosixTimerSchema = v.strictObject({
   left: TimespecSchema,
 });
 
+/**
+ * (version 2, optional) Signal-driven I/O of an open file: who gets its
+ * SIGIO/SIGURG (F_SETOWN_EX: a thread, a process or a process group, in
+ * the job's pid namespace; 0: nobody) and the signal sent (F_SETSIG; 0:
+ * SIGIO). O_ASYNC itself is among the file's flags.
+ */
+export const FileOwnerSchema = v.strictObject({
+  /** Index into the process's `files`. */
+  file: u,
+  type: v.picklist(['tid', 'pid', 'pgrp']),
+  pid: u,
+  signal: v.pipe(u, v.maxValue(64)),
+});
+
 export const ProcessSchema = v.strictObject({
   /** PID in the job's pid namespace. */
   pid: v.pipe(int, v.minValue(1)),
@@ -559,6 +573,8 @@ export const ProcessSchema = v.strictObject({
   /** [resource number, soft, hard] for every RLIMIT_*. */
   rlimits: v.array(v.tuple([u, hex64, hex64])),
   itimers: v.strictObject({ real: TimevalPair, virtual: TimevalPair, prof: TimevalPair }),
+  /** (version 2) Owners and signals of open files with signal-driven I/O; absent: none. */
+  fileOwners: v.optional(v.array(FileOwnerSchema)),
   /** (version 2) POSIX timers, in ID order; absent: none. */
   posixTimers: v.optional(v.array(PosixTimerSchema)),
   /** Per-process prctl settings: parent-death signal, child subreaper, timer slack (ns), THP disabled. */
@@ -687,6 +703,7 @@ export type Manifest = v.InferOutput<typeof ManifestSchema>;
 export type ProcessImage = v.InferOutput<typeof ProcessSchema>;
 export type ThreadImage = v.InferOutput<typeof ThreadSchema>;
 export type PosixTimer = v.InferOutput<typeof PosixTimerSchema>;
+export type FileOwnerImage = v.InferOutput<typeof FileOwnerSchema>;
 export type ZombieImage = v.InferOutput<typeof ZombieSchema>;
 export type VmaImage = v.InferOutput<typeof VmaSchema>;
 export type SharedObjectImage = v.InferOutput<typeof SharedObjectSchema>;

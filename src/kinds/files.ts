@@ -20,7 +20,7 @@ import { readFdinfo } from '../proc/index.js';
 import { KCMP_FILE, MAP, O, PROT } from '../sys/constants.js';
 import { crestTrackerFds } from './uffdwp.js';
 import { CrestError } from '../sys/errors.js';
-import type { DataRef, FdImage, Manifest, OpenFileImage, ProcessImage } from '../image/schema.js';
+import type { DataRef, FdImage, FileOwnerImage, Manifest, OpenFileImage, ProcessImage } from '../image/schema.js';
 import type { DataFile, ImageWriter } from '../image/writer.js';
 import { FD_KINDS, fdKind } from './fds/registry.js';
 import { FCNTL, NR } from './fds/abi.js';
@@ -117,9 +117,6 @@ function checkAll(cctx: FdCheckContext): Map<number, AnyFdKind> {
   for (const p of cctx.fds) {
     if (p.rep !== p.fd) continue;
     const k = kindOf(p, cctx.hostPid);
-    if (k.name !== 'stdio' && (p.info.flags & O_ASYNC) !== 0) {
-      throw refuseFd(cctx.hostPid, p.fd, k.name, 'O_ASYNC (signal-driven I/O: its owner and signal) is not supported yet');
-    }
     k.check?.(p, cctx);
     kinds.set(p.fd, k);
   }
@@ -134,7 +131,31 @@ interface DumpState {
   /** Description id by representative fd. */
   ids: ReadonlyMap<number, number>;
   injected: Map<number, unknown>;
+  /** Signal-driven I/O of a description (by representative fd): its owner and signal, when it has one. */
+  owners: Map<number, FileOwner>;
   data: { file: DataFile | null; name: string };
+}
+
+type FileOwner = Omit<FileOwnerImage, 'file'>;
+const OWNER_TYPES = ['tid', 'pid', 'pgrp'] as const;
+
+/**
+ * Who gets a description's SIGIO/SIGURG (F_GETOWN_EX) and which signal
+ * (F_GETSIG), read for every description with O_ASYNC and every socket
+ * (whose owner gets SIGURG without it); null when it has neither. An owner
+ * outside the process's pid namespace reads as 0, none.
+ */
+function readOwner(ctx: FdDumpContext, p: FdProbe): FileOwner | null {
+  const async = (p.info.flags & O_ASYNC) !== 0;
+  if (!async && !p.st.isSocket()) return null;
+  const ex = ctx.mem.alloc(8);
+  call(ctx, 'fcntl', `read the owner of fd ${p.fd}`, NR.fcntl, p.fd, FCNTL.GETOWN_EX, ex);
+  const b = ctx.thread.readMem(ex, 8);
+  const type = OWNER_TYPES[b.readInt32LE(0)];
+  const pid = b.readInt32LE(4);
+  const signal = async ? call(ctx, 'fcntl', `read the I/O signal of fd ${p.fd}`, NR.fcntl, p.fd, FCNTL.GETSIG, 0) : 0;
+  if ((pid === 0 || type === undefined) && signal === 0) return null;
+  return { type: type ?? 'pid', pid: type === undefined ? 0 : pid, signal };
 }
 const dumpStates = new WeakMap<DumpContext, DumpState>();
 
@@ -175,7 +196,7 @@ function prepareDump(ctx: DumpContext): DumpState {
   if (!me) throw new CrestError('INTERNAL', `pid ${ctx.hostPid} is not among the tree's processes`);
   // Frozen now: the table cannot change any more; check again what the running process had.
   const kinds = checkAll({ hostPid: ctx.hostPid, nsPid: ctx.nsPid, initHostPid: ctx.initHostPid, tcp: ctx.tcp, fds: me.fds });
-  const st: DumpState = { tree, fds: me.fds, kinds, ids: me.ids, injected: new Map(), data: { file: null, name: `fds-${ctx.nsPid}.img` } };
+  const st: DumpState = { tree, fds: me.fds, kinds, ids: me.ids, injected: new Map(), owners: new Map(), data: { file: null, name: `fds-${ctx.nsPid}.img` } };
   dumpStates.set(ctx, st);
   return st;
 }
@@ -194,18 +215,27 @@ export const files: Kind = {
       ctx.mem.reset();
       st.injected.set(p.fd, k.inject(p, fctx));
     }
+    for (const p of st.fds) {
+      if (p.rep !== p.fd || st.kinds.get(p.fd)?.name === 'stdio') continue;
+      ctx.mem.reset();
+      const o = readOwner(fctx, p);
+      if (o) st.owners.set(p.fd, o);
+    }
   },
   dump(ctx) {
     const st = dumpStates.get(ctx) ?? prepareDump(ctx);
     const fctx = fdContext(ctx, st);
     const openFiles: OpenFileImage[] = [];
     const fds: FdImage[] = [];
+    const owners: FileOwnerImage[] = [];
     for (const p of st.fds) {
       const cloexec = (p.info.flags & O.CLOEXEC) !== 0;
       const id = st.ids.get(p.rep)!;
       if (p.rep === p.fd) {
         const k = st.kinds.get(p.fd)!;
         if (k.inject && !st.injected.has(p.fd)) throw new CrestError('INTERNAL', `fd ${p.fd} (${k.name}) was not seen in the injection window`);
+        const o = st.owners.get(p.fd);
+        if (o) owners.push({ file: openFiles.length, ...o });
         openFiles.push(k.dump(p, fctx, id, st.injected.get(p.fd)));
       }
       fds.push({ fd: p.fd, file: id, cloexec });
@@ -213,6 +243,7 @@ export const files: Kind = {
     st.data.file?.close();
     ctx.proc.files = openFiles;
     ctx.proc.fds = fds;
+    if (owners.length > 0) ctx.proc.fileOwners = owners;
   },
   restore(ctx) {
     restoreFds(ctx);
@@ -365,7 +396,8 @@ function restoreFds(ctx: RestoreContext): void {
     }
     // An end of a pipe or socketpair an earlier process made whole is taken from there.
     const h = fctx.takeDescription(proc.pid, index) ?? keep(fdKind(f.kind).restore(f as never, fctx), what);
-    matchFlags(fctx, h, f.flags, what);
+    // O_ASYNC once the fd is in its place: the kernel tells a signal handler the fd it was set through (si_fd).
+    matchFlags(fctx, h, f.flags & ~O_ASYNC, what);
     opened[index] = h;
   });
   const targets = new Set(proc.fds.map((f) => f.fd));
@@ -374,6 +406,11 @@ function restoreFds(ctx: RestoreContext): void {
     call(ctx, 'dup3', `place fd ${f.fd}`, NR.dup3, opened[f.file]!, f.fd, f.cloexec ? O.CLOEXEC : 0);
   }
   const fdOf = (index: number): number => proc.fds.find((f) => f.file === index)?.fd ?? opened[index]!;
+  proc.files.forEach((f, index) => {
+    if (f.kind === 'stdio' || f.kind === 'shared' || (f.flags & O_ASYNC) === 0) return;
+    ctx.mem.reset();
+    matchFlags(fctx, fdOf(index), f.flags, `${f.kind} ${index}`);
+  });
   proc.files.forEach((f) => {
     ctx.mem.reset();
     fdKind(f.kind).afterPlaced?.(f as never, fctx, fdOf);
@@ -385,6 +422,27 @@ function restoreFds(ctx: RestoreContext): void {
   });
   for (const h of high) raw(ctx, NR.close, h);
   for (const [name, at] of mapped) if (at !== 0) raw(ctx, NR.munmap, at, ctx.manifest.files[name]!.size);
+}
+
+/**
+ * Gives descriptions with signal-driven I/O their owner and signal again.
+ * Late, once every process and thread of the tree exists (an owner may be
+ * any of them) and the process's credentials are its own (the kernel
+ * checks them when it sends the signal).
+ */
+export function restoreFileOwners(ctx: RestoreContext): void {
+  for (const o of ctx.proc.fileOwners ?? []) {
+    const fd = ctx.proc.fds.find((x) => x.file === o.file)?.fd;
+    if (fd === undefined) continue;
+    ctx.mem.reset();
+    if (o.pid !== 0) {
+      const ex = Buffer.alloc(8);
+      ex.writeInt32LE(OWNER_TYPES.indexOf(o.type), 0);
+      ex.writeInt32LE(o.pid, 4);
+      ctx.thread.syscall('fcntl', `give fd ${fd} its owner (${o.type} ${o.pid})`, NR.fcntl, fd, FCNTL.SETOWN_EX, ctx.mem.put(ex));
+    }
+    if (o.signal !== 0) ctx.thread.syscall('fcntl', `give fd ${fd} its I/O signal ${o.signal}`, NR.fcntl, fd, FCNTL.SETSIG, o.signal);
+  }
 }
 
 /**

@@ -12,7 +12,7 @@ import { Thread, awaitGroupStop } from '../tracer/tracer.js';
 import { buildTree, planImageTree } from './treebuild.js';
 import { ScratchAllocator, type RestoreContext } from '../kinds/types.js';
 import { checkRestoredLayout, findFree, mapImageMemory, preflightMemory, replaceHuskMemory, vdsoSizes } from '../kinds/memory.js';
-import { preflightFiles, restoreFileLocks } from '../kinds/files.js';
+import { preflightFiles, restoreFileLocks, restoreFileOwners } from '../kinds/files.js';
 import { verifyFile } from '../kinds/fileid.js';
 import { kind } from '../kinds/registry.js';
 import { SharedObjects } from '../kinds/objects.js';
@@ -275,6 +275,7 @@ async function restoreProcess(
       objects.release(ctx);
       // Locks after the last fd the restore closes in the process (closing one drops its POSIX locks on that file).
       restoreFileLocks(ctx);
+      restoreFileOwners(ctx);
       // The scratch area goes last, from inside itself: the single-step stop
       // comes before the next (now unmapped) instruction would run.
       t.syscall('munmap', 'unmap the scratch area', SYS.munmap, ctx.scratch, SCRATCH_SIZE);

@@ -81,6 +81,11 @@ function kindsOf(files: Record<string, unknown>[]): string[] {
 }
 
 const KINDS: [string, string, (files: Record<string, unknown>[]) => void][] = [
+  [
+    'fd_async',
+    'signal-driven I/O (O_ASYNC): owners (process, thread, process group), F_SETSIG signals, delivered after restore',
+    (f) => assert.equal(f.filter((x) => ((x.flags as number) & 0o20000) !== 0).length, 2, JSON.stringify(f)),
+  ],
   ['fd_eventfd', 'eventfd: 64-bit count, EFD_SEMAPHORE, O_NONBLOCK, dup sharing', (f) => assert.ok(kindsOf(f).includes('eventfd'))],
   ['fd_signalfd', 'signalfd: mask, a pending signal read through it', (f) => assert.ok(kindsOf(f).includes('signalfd'))],
   ['fd_timerfd', 'timerfd: relative, absolute with cancel-on-set, unread expirations, intervals', (f) => assert.ok(kindsOf(f).includes('timerfd'))],
