@@ -5,6 +5,25 @@ import type { Readable } from 'node:stream';
 import { existsSync } from 'node:fs';
 import { helperPath } from '../paths.js';
 import { CrestError } from '../sys/errors.js';
+import type { Manifest } from '../image/schema.js';
+
+/** The helper's stdin, stdout and stderr: crest's own, or /dev/null. */
+export type StdioChoice = 'inherit' | 'ignore' | readonly ['inherit' | 'ignore', 'inherit' | 'ignore', 'inherit' | 'ignore'];
+
+/**
+ * The streams a restore's helper (and so its husks and the job's init)
+ * gets. In the foreground, crest restore's own. With --detach, only those
+ * a restored process takes as its own (an image's `stdio` files); the rest
+ * are /dev/null, so that a caller reading crest restore's output through a
+ * pipe (`out=$(crest restore --detach --json ...)`) sees it end when crest
+ * restore exits, rather than when the job does.
+ */
+export function restoreStdio(m: Manifest, detached: boolean): StdioChoice {
+  if (!detached) return 'inherit';
+  const used = new Set(m.processes.flatMap((p) => p.files.flatMap((f) => (f.kind === 'stdio' ? [f.stream] : []))));
+  const pick = (s: 0 | 1 | 2): 'inherit' | 'ignore' => (used.has(s) ? 'inherit' : 'ignore');
+  return [pick(0), pick(1), pick(2)];
+}
 
 /** How a supervised helper ended. */
 export interface HelperExit {
@@ -25,14 +44,15 @@ export class Helper {
    * `path`: another helper with the same ctl-line protocol (crest-pidhelper,
    * verbs husk and cycle); default crest-helper.
    */
-  constructor(verb: 'run' | 'restore' | 'husk' | 'cycle', args: string[], opts: { detached?: boolean; stdio?: 'inherit' | 'ignore'; path?: string } = {}) {
+  constructor(verb: 'run' | 'restore' | 'husk' | 'cycle', args: string[], opts: { detached?: boolean; stdio?: StdioChoice; path?: string } = {}) {
     const path = opts.path ?? helperPath();
     if (!existsSync(path)) {
       throw new CrestError('HELPER_MISSING', `crest's helper ${path} is not built; run \`npm ci\` (or \`npm run build\`) in the crest package`);
     }
     const std = opts.stdio ?? 'inherit';
+    const [i, o, e] = typeof std === 'string' ? [std, std, std] : std;
     this.child = spawn(path, [verb, '--ctl', '3', ...args], {
-      stdio: [std, std, std, 'pipe'],
+      stdio: [i, o, e, 'pipe'],
       detached: !!opts.detached,
     });
     this.exited = new Promise((resolve) => {

@@ -7,7 +7,7 @@
 // the child of its original parent again.
 import { readFileSync, readdirSync } from 'node:fs';
 import type { Manifest } from '../image/schema.js';
-import { Helper } from '../jobs/supervise.js';
+import { Helper, restoreStdio } from '../jobs/supervise.js';
 import { readStat, readStatus } from '../proc/index.js';
 import { CrestError, isErrno } from '../sys/errors.js';
 import { SYS } from '../sys/constants.js';
@@ -188,7 +188,7 @@ export function spawnPidHelper(verb: 'husk' | 'cycle', m: Manifest, opts: SpawnO
     ...p.threads.slice(1).flatMap((t) => ['--tid', String(t.tid)]),
   ]);
   if (verb === 'cycle') args.push('--within', String(opts.cycleTimeoutMs ?? 30_000));
-  return new Helper(verb, args, { detached: opts.detached, path: pidHelperPath() });
+  return new Helper(verb, args, { detached: opts.detached, path: pidHelperPath(), stdio: restoreStdio(m, !!opts.detached) });
 }
 
 /** Reads crest-pidhelper's report (husk, thread..., cycled, ready | error). */

@@ -3,7 +3,7 @@
 // (helper/crest-helper.c `restore`). The default, and the only mode for
 // images of crest jobs.
 import type { Manifest } from '../image/schema.js';
-import { Helper } from '../jobs/supervise.js';
+import { Helper, restoreStdio } from '../jobs/supervise.js';
 import { CrestError } from '../sys/errors.js';
 import { readUntil } from './lines.js';
 import { planImageTree } from '../restore/treebuild.js';
@@ -22,7 +22,7 @@ export const userns: PidMode = {
     // first: the helper's init waits for it as the job); restore forks the rest.
     const tasks = planImageTree(m).initForks.flatMap((f) => ['--task', String(f.pid)]);
     // A job with its own network namespace (crest run --net) gets a new one, loopback up.
-    return new Helper('restore', [...(m.job.net ? ['--net'] : []), ...tasks], { detached: opts.detached });
+    return new Helper('restore', [...(m.job.net ? ['--net'] : []), ...tasks], { detached: opts.detached, stdio: restoreStdio(m, !!opts.detached) });
   },
   async awaitHusks(helper) {
     const pids = new Map<number, number>();

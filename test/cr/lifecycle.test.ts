@@ -2,10 +2,13 @@
 // restored job checkpointed again, and a checkpoint that leaves the job running.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  CREST_CLI,
   assertOk,
+  cleanEnv,
   assertPass,
   assertStillRunning,
   createGo,
@@ -19,8 +22,11 @@ import {
   resumed,
   roundTrip,
   sleep,
+  spawnCrest,
   startJob,
   tmpImageDir,
+  tmpWorkDir,
+  uniqueName,
   waitGone,
   waitJobPid,
   withTimeout,
@@ -92,4 +98,42 @@ test('--leave-running: the job goes on and finishes under crest run; the image r
   assertPass(r, 'counter', 'restore of the --leave-running image');
   const pids = fs.readFileSync(path.join(job.workDir, 'resumed'), 'utf8').trim().split('\n');
   assert.deepEqual(pids, [String(job.nsPid), String(job.nsPid)]);
+});
+
+test("restore --detach of a job writing only to its own files: crest restore's output ends with crest restore (a $(...) caller is not held by the job)", { timeout: TIMEOUT }, async () => {
+  const w = tmpWorkDir('detach-out');
+  const name = uniqueName('detach-out');
+  const loop = 'exec > "$1/log" 2>&1 < /dev/null; i=0; while :; do i=$((i+1)); echo $i > "$1/n.tmp"; mv "$1/n.tmp" "$1/n"; sleep 0.05; done';
+  const run = spawnCrest(['run', '--name', name, '--', '/bin/sh', '-c', loop, 'sh', w]);
+  const n = (): number => {
+    try {
+      return Number(fs.readFileSync(path.join(w, 'n'), 'utf8'));
+    } catch {
+      return 0;
+    }
+  };
+  const end = Date.now() + 60_000;
+  while (n() < 3 && run.result === null && Date.now() < end) await sleep(20);
+  assert.ok(n() >= 3, `the job did not get going: ${run.stderr()}`);
+  const img = tmpImageDir('detach-out');
+  assertOk(await dump({ job: name, dir: img }), 'dump');
+  await withTimeout(run.exited, 60_000, 'crest run after the dump');
+  // execFile calls back once crest restore's stdout and stderr are closed,
+  // not when it exits (and, past its timeout, with no error if it had exited 0).
+  const t0 = Date.now();
+  const out = await new Promise<string>((resolve, reject) => {
+    execFile(process.execPath, [CREST_CLI, 'restore', '-D', img, '--detach', '--json'], { timeout: 30_000, env: cleanEnv() }, (err, stdout, stderr) =>
+      err ? reject(new Error(`crest restore --detach --json: ${err.message}\n${stderr}`)) : resolve(stdout),
+    );
+  });
+  assert.ok(Date.now() - t0 < 20_000, `crest restore --detach's output stayed open ${Date.now() - t0} ms: the detached job holds it`);
+  const res = JSON.parse(out) as { pid: number };
+  try {
+    const at = n();
+    const until = Date.now() + 30_000;
+    while (n() <= at && Date.now() < until) await sleep(20);
+    assert.ok(n() > at, 'the detached job made no progress');
+  } finally {
+    process.kill(res.pid, 'SIGKILL');
+  }
 });
