@@ -109,9 +109,12 @@ int main(int argc, char **argv)
     if (sabotage("private_written")) priv[3 * PG + 100] ^= 1;
     if (sabotage("private_untouched")) priv[6 * PG + 200] ^= 1;
     if (sabotage("private_file")) {
-        char x = 0x5a;
-        int w = open(wpath("priv.dat"), O_WRONLY | O_CLOEXEC);
-        if (w < 0 || pwrite(w, &x, 1, 1 * PG + 300) != 1) DIE_ERRNO("sabotage pwrite");
+        /* flip a byte: a fixed one would match the random pattern 1 time in 256 */
+        char x = 0;
+        int w = open(wpath("priv.dat"), O_RDWR | O_CLOEXEC);
+        if (w < 0 || pread(w, &x, 1, 1 * PG + 300) != 1) DIE_ERRNO("sabotage pread");
+        x ^= 0x5a;
+        if (pwrite(w, &x, 1, 1 * PG + 300) != 1) DIE_ERRNO("sabotage pwrite");
         close(w);
     }
     if (sabotage("shared")) shared[2 * PG + 400] ^= 1;
