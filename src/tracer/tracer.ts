@@ -341,8 +341,8 @@ export class Thread {
    * the process must go on whatever happens to crest). Injected calls then
    * stop at system-call entry and exit, so no trap flag is ever set, and run
    * with the stack pointer just above an rt_sigreturn frame (`frameAt`,
-   * FRAME_ROOM bytes) that holds the thread's own registers, signal mask,
-   * FPU/AVX state and alternate stack. `site` is a `syscall` followed by
+   * FRAME_ROOM bytes) that holds the thread's own registers, signal mask
+   * and FPU/AVX state. `site` is a `syscall` followed by
    * `mov $15, %eax; syscall` (rt_sigreturn): if crest dies, the kernel lets
    * the thread go wherever it is in an injected call; it finishes that call
    * and returns through the frame to exactly where it was. A system call it
@@ -353,7 +353,8 @@ export class Thread {
    * Returns false, leaving things as they were, when the frame cannot be
    * made (an XSAVE layout a frame does not take: see below).
    */
-  armSafeReturn(frameAt: number, site: number): boolean {    // PTRACE_GETREGSET gives the XSAVE area with XCR0 in its software bytes;
+  armSafeReturn(frameAt: number, site: number): boolean {
+    // PTRACE_GETREGSET gives the XSAVE area with XCR0 in its software bytes;
     // a signal frame wants them to describe the area (magic, sizes,
     // features) and a second magic after it. The area is then as long as
     // the regset, which it is as long as no feature needs the process's
