@@ -20,6 +20,7 @@ import { lockNetwork, ownNetns, type NetLock } from '../kinds/fds/netlock.js';
 import { jobOfPid, listJobs, loadJob, saveJob, type JobRecord } from '../jobs/registry.js';
 import { pidHelperCapability, setcapCommand } from '../pids/index.js';
 import { vdsoSizes } from '../kinds/memory.js';
+import { resumeRegs } from '../kinds/registers.js';
 import { openPageTracking, parentRef, type PageTrackingOptions } from '../kinds/pagetrack.js';
 import { rearmTrackers } from '../kinds/uffdwp.js';
 import { CREST_VERSION } from '../version.js';
@@ -653,7 +654,7 @@ function injectionWindow(ctx: DumpContext): void {
     ctx.mem = new ScratchAllocator(t, ctx.scratch, SCRATCH_SIZE, 0);
     // Unarmed (see armSafeReturn), a thread runs its calls from the vDSO as before.
     const arm = (th: Thread): void => {
-      th.setSyscallSite(th.armSafeReturn(frameAt, base) ? base : vdsoSite);
+      th.setSyscallSite(th.armSafeReturn(frameAt, base, resumeRegs(th.origRegs, { restartBlock: 'again' })) ? base : vdsoSite);
     };
     arm(t);
     for (const k of KINDS) {

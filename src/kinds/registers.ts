@@ -43,14 +43,18 @@ function restartsAsIs(nr: bigint, r: BigUint64Array): boolean {
  * block of -ERESTART_RESTARTBLOCK died with the old process, so that call
  * returns EINTR, as after a signal - unless restarting it as it was loses
  * nothing, see restartsAsIs), and clear orig_rax so nothing restarts twice.
+ * `restartBlock: 'again'` makes such a call again from the start instead
+ * (the dump's safe-return frame: its timeout starts over, but no EINTR
+ * comes out of a call the program did not expect to be interrupted).
  */
-export function resumeRegs(saved: BigUint64Array): BigUint64Array {
+export function resumeRegs(saved: BigUint64Array, opts: { restartBlock?: 'eintr' | 'again' } = {}): BigUint64Array {
   const r = new BigUint64Array(saved);
   const orig = BigInt.asIntN(64, r[REG.orig_rax]!);
   if (orig >= 0n) {
     const rax = BigInt.asIntN(64, r[REG.rax]!);
     const restartBlock = rax === -BigInt(ERESTART_RESTARTBLOCK);
-    if (rax === -BigInt(ERESTARTSYS) || rax === -BigInt(ERESTARTNOINTR) || rax === -BigInt(ERESTARTNOHAND) || (restartBlock && restartsAsIs(orig, r))) {
+    const again = restartBlock && (opts.restartBlock === 'again' || restartsAsIs(orig, r));
+    if (rax === -BigInt(ERESTARTSYS) || rax === -BigInt(ERESTARTNOINTR) || rax === -BigInt(ERESTARTNOHAND) || again) {
       r[REG.rax] = r[REG.orig_rax]!;
       r[REG.rip] = r[REG.rip]! - 2n;
     } else if (restartBlock) {
@@ -79,7 +83,7 @@ export const registers: Kind = {
   name: 'registers',
   dumpThread(_ctx, { thread, thr }) {
     thr.regs = regsToImage(thread.origRegs);
-    const xs = thread.xstate();
+    const xs = thread.originalXstate();
     thr.xstate = xs.toString('base64');
     thr.xfeatures = '0x' + xfeaturesOf(xs).toString(16);
   },

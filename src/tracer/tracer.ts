@@ -94,8 +94,9 @@ let injectedCalls = 0;
  * its entry). With "N:exit", once that call has ended (the thread stopped
  * at its exit; for calls that stop at entry and exit, see useSyscallStops).
  */
+const KILL_IN_INJECTION = faultArg('kill-in-injection');
 function killInInjection(tid: number): void {
-  const f = faultArg('kill-in-injection');
+  const f = KILL_IN_INJECTION;
   if (f === null) return;
   const [n, when] = f.split(':');
   if (++injectedCalls !== Number(n)) return;
@@ -134,6 +135,7 @@ export class Thread {
   private safeSp = 0n;
   private memFd = -1;
   private detached = false;
+  private origXstate: Buffer | undefined;
 
   private constructor(tid: number, regs: BigUint64Array, sigmask: bigint) {
     this.tid = tid;
@@ -323,6 +325,12 @@ export class Thread {
     return native().ptraceGetRegs(this.tid);
   }
 
+  /** The XSAVE area as the thread had it when frozen (read once; injected calls leave it alone). */
+  originalXstate(): Buffer {
+    this.origXstate ??= this.xstate();
+    return this.origXstate;
+  }
+
   xstate(): Buffer {
     return native().ptraceGetRegset(this.tid, NT.X86_XSTATE, 64 * 1024);
   }
@@ -345,22 +353,22 @@ export class Thread {
    * and FPU/AVX state. `site` is a `syscall` followed by
    * `mov $15, %eax; syscall` (rt_sigreturn): if crest dies, the kernel lets
    * the thread go wherever it is in an injected call; it finishes that call
-   * and returns through the frame to exactly where it was. A system call it
-   * was interrupted in is made again (one with a timeout waits it all over
-   * again). The frame's alternate-stack field holds an invalid mode, which
+   * and returns through the frame to exactly where it was: `regs`, the
+   * thread's own registers as it is to resume (a system call it was
+   * interrupted in made again: kinds/registers.ts resumeRegs). The frame's alternate-stack field holds an invalid mode, which
    * rt_sigreturn's sigaltstack step rejects and ignores (it squashes all
    * but EFAULT), so the thread's alternate stack stays as it is, unread.
    * Returns false, leaving things as they were, when the frame cannot be
    * made (an XSAVE layout a frame does not take: see below).
    */
-  armSafeReturn(frameAt: number, site: number): boolean {
+  armSafeReturn(frameAt: number, site: number, regs: BigUint64Array): boolean {
     // PTRACE_GETREGSET gives the XSAVE area with XCR0 in its software bytes;
     // a signal frame wants them to describe the area (magic, sizes,
     // features) and a second magic after it. The area is then as long as
     // the regset, which it is as long as no feature needs the process's
     // permission first (AMX tiles, XCR0 bits 17-18): such a thread is left
     // unarmed.
-    const xs = this.xstate();
+    const xs = Buffer.from(this.originalXstate());
     const FP_XSTATE_MAGIC1 = 0x46505853;
     const FP_XSTATE_MAGIC2 = 0x46505845;
     const xsize = xs.length;
@@ -374,25 +382,13 @@ export class Thread {
     const fpOff = Math.ceil(RT_SIGFRAME_SIZE / 64) * 64;
     const b = Buffer.alloc(fpOff + xsize + 4);
     if (b.length > FRAME_ROOM) return false;
-    const o = this.origRegs;
-    const rg = (name: RegName): bigint => o[REG[name]]!;
-    let rax = rg('rax');
-    let rip = rg('rip');
-    // An interrupted call is made again, as the kernel does when no handler
-    // runs (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND). One that would go on
-    // through its restart block (ERESTART_RESTARTBLOCK: nanosleep, poll, futex
-    // waits with a timeout) is made again from the start too, since
-    // rt_sigreturn voids the restart block: its timeout starts over.
-    if (signed(rg('orig_rax')) >= 0n && [512n, 513n, 514n, 516n].includes(-signed(rax))) {
-      rax = rg('orig_rax');
-      rip -= 2n;
-    }
+    const rg = (name: RegName): bigint => regs[REG[name]]!;
     b.writeBigUInt64LE(0n, 0); // pretcode
     b.writeBigUInt64LE(1n | 2n | 4n, 8); // UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS
     b.writeInt32LE(3, 32); // uc_stack.ss_flags: neither 0, SS_ONSTACK nor SS_DISABLE
     const sc = 48;
     const order: RegName[] = ['r8', 'r9', 'r10', 'r11', 'r12', 'r13', 'r14', 'r15', 'rdi', 'rsi', 'rbp', 'rbx', 'rdx', 'rax', 'rcx', 'rsp', 'rip', 'eflags'];
-    order.forEach((name, i) => b.writeBigUInt64LE(name === 'rax' ? rax : name === 'rip' ? rip : rg(name), sc + i * 8));
+    order.forEach((name, i) => b.writeBigUInt64LE(rg(name), sc + i * 8));
     b.writeUInt16LE(Number(rg('cs')), sc + 144);
     b.writeUInt16LE(Number(rg('ss')), sc + 150);
     b.writeBigUInt64LE(BigInt(frameAt + fpOff), sc + 184); // fpstate
