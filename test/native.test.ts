@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { native } from '../src/sys/native.js';
 import { SyscallError } from '../src/sys/errors.js';
+import { enabledFeatures, usedFeatures } from '../src/kinds/registers.js';
 
 const n = native();
 
@@ -210,6 +211,11 @@ describe('ptrace on a sleeping target', () => {
     assert.deepEqual(new BigUint64Array(prstatus.buffer.slice(prstatus.byteOffset, prstatus.byteOffset + 216)), n.ptraceGetRegs(pid));
     const xstate = n.ptraceGetRegset(pid, NT_X86_XSTATE, 1 << 20);
     assert.ok(xstate.length > 512, `xstate is ${xstate.length} bytes`);
+    // What the registers kind reads from it: XCR0 (x87 and SSE always on) and
+    // the features in use, which XCR0 must hold (else restore could never pass its CPU check).
+    const xcr0 = enabledFeatures(xstate);
+    assert.equal(xcr0 & 3n, 3n, `XCR0 0x${xcr0.toString(16)}`);
+    assert.equal(usedFeatures(xstate) & ~xcr0, 0n, `in use 0x${usedFeatures(xstate).toString(16)}, XCR0 0x${xcr0.toString(16)}`);
     n.ptraceSetRegset(pid, NT_X86_XSTATE, xstate);
     assert.deepEqual(n.ptraceGetRegset(pid, NT_X86_XSTATE, 1 << 24), xstate); // maxSize is capped, not refused
     assertSyscallError(() => n.ptraceGetRegset(pid, 0x7777, 4096), 'EINVAL', 'ptrace', { pid });

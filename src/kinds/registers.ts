@@ -11,12 +11,27 @@ import {
 } from '../sys/constants.js';
 import type { Kind, RestoreContext } from './types.js';
 
-/** Offset of the xfeatures word in the XSAVE area's software-reserved bytes (struct _fpx_sw_bytes). */
-const XFEATURES_OFFSET = 464 + 8;
+/**
+ * In the XSAVE area PTRACE_GETREGSET (NT_X86_XSTATE) gives: XCR0, the
+ * features this CPU and kernel enable, in the software-reserved bytes
+ * (offset 464, where gdb reads it too), and XSTATE_BV, the features whose
+ * state is in use, first in the XSAVE header (offset 512).
+ */
+const XCR0_OFFSET = 464;
+const XSTATE_BV_OFFSET = 512;
 
-export function xfeaturesOf(xstate: Buffer): bigint {
-  if (xstate.length < XFEATURES_OFFSET + 8) return 0n;
-  return xstate.readBigUInt64LE(XFEATURES_OFFSET);
+function word(xstate: Buffer, at: number): bigint {
+  return xstate.length < at + 8 ? 0n : xstate.readBigUInt64LE(at);
+}
+
+/** The features whose state a thread holds (its XSAVE header's XSTATE_BV). */
+export function usedFeatures(xstate: Buffer): bigint {
+  return word(xstate, XSTATE_BV_OFFSET);
+}
+
+/** The features this machine enables (XCR0), from any thread's XSAVE area. */
+export function enabledFeatures(xstate: Buffer): bigint {
+  return word(xstate, XCR0_OFFSET);
 }
 
 const SYS_POLL = 7n;
@@ -67,7 +82,7 @@ export function resumeRegs(saved: BigUint64Array, opts: { restartBlock?: 'eintr'
 
 /** Refuses an image whose extended state uses CPU features this machine lacks. */
 export function checkXfeatures(ctx: RestoreContext): void {
-  const have = xfeaturesOf(ctx.thread.xstate());
+  const have = enabledFeatures(ctx.thread.xstate());
   for (const t of ctx.proc.threads) {
     const need = BigInt(t.xfeatures);
     if ((need & ~have) !== 0n) {
@@ -85,7 +100,7 @@ export const registers: Kind = {
     thr.regs = regsToImage(thread.origRegs);
     const xs = thread.originalXstate();
     thr.xstate = xs.toString('base64');
-    thr.xfeatures = '0x' + xfeaturesOf(xs).toString(16);
+    thr.xfeatures = '0x' + usedFeatures(xs).toString(16);
   },
   // Last for each thread: after this the thread must not run injected calls.
   restoreThread(_ctx, thread, t) {
